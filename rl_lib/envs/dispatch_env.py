@@ -1,0 +1,280 @@
+"""DispatchEnv: the gymnasium face of the NEMT dispatch simulation core."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+import gymnasium as gym
+import numpy as np
+from gymnasium import spaces
+
+from rl_lib.envs.core import MISSED, REFUSED, SERVED, DispatchCore, Insertion, RewardWeights
+from rl_lib.envs.day import Day
+
+# Normalisation scales: every observation field is divided by its scale and clipped to [0, 1].
+MINUTES_PER_DAY = 1440.0
+LEAD_SCALE_MIN = 180.0  # time to the requested pickup
+WINDOW_SCALE_MIN = 60.0
+TRIP_SCALE_KM = 50.0
+ETA_SCALE_MIN = 180.0
+LATENESS_SCALE_MIN = 60.0
+DEADHEAD_SCALE_KM = 50.0
+FREE_SCALE_MIN = 240.0
+SHIFT_SCALE_MIN = 720.0
+PENDING_SCALE = 50.0
+RECENT_SCALE = 20.0
+
+BOOKING_FEATURES = (
+    "time_of_day", "lead_to_pickup", "window", "mobility_ambulatory", "mobility_wheelchair",
+    "mobility_stretcher", "priority_normal", "priority_appointment", "priority_dialysis",
+    "trip_km", "advance_booking",
+)  # fmt: skip
+VEHICLE_FEATURES = (
+    "feasible", "compatible", "eta_to_pickup", "lateness_if_assigned", "deadhead_km",
+    "time_until_free", "shift_remaining",
+)  # fmt: skip
+GLOBAL_FEATURES = ("day_elapsed", "pending_bookings", "recent_requests", "feasible_share")
+N_BOOKING, N_VEHICLE, N_GLOBAL = len(BOOKING_FEATURES), len(VEHICLE_FEATURES), len(GLOBAL_FEATURES)
+
+
+_TIME_ROWS = np.array([0, 0, 1, 0, 0, 1, 1], dtype=float)[:, None]
+_ROW_SCALES = (
+    1.0
+    / np.array([1, 1, ETA_SCALE_MIN, LATENESS_SCALE_MIN, DEADHEAD_SCALE_KM, FREE_SCALE_MIN, SHIFT_SCALE_MIN])[
+        :, None
+    ]
+)
+
+
+class DispatchEnv(gym.Env):
+    """Assign each incoming NEMT booking to a vehicle of the fleet, or refuse it.
+
+    ## Description
+    One episode is one service day. Bookings (advance ones known at the day start, same-day
+    ones arriving through the day) come up for decision one at a time, in order of decision
+    time: ``max(known_at, requested_pickup - dispatch_lead)``. The agent appends the booking to
+    one vehicle's FIFO queue of committed trips, or refuses it. Travel is deterministic (a
+    planar or matrix travel model with hourly congestion), so every commitment is served
+    exactly as planned; see :mod:`rl_lib.envs.core` for the vehicle model.
+
+    ## Action Space
+    ``Discrete(K + 1)`` with K the fleet size: action ``k < K`` appends the booking to vehicle
+    ``k``; action ``K`` refuses it. A vehicle is *infeasible* (masked) when its type cannot
+    carry the patient's mobility, it would pick up more than ``max_lateness_min`` after the
+    window closes, or the trip would end after its shift. The mask is given by
+    :meth:`action_masks` (the sb3-contrib convention) and ``info["action_mask"]``; refusing is
+    always allowed. **Invalid action**: choosing a masked vehicle (or an out-of-range index)
+    is recorded as a refusal, with ``invalid_action_penalty`` on top of the refusal penalty
+    and ``info["invalid_action"] = True``; no vehicle state changes.
+
+    ## Observation Space
+    ``Box(0, 1, (11 + 7 K + 4,), float32)``; every field is divided by the scale given and
+    clipped to [0, 1]. Booking block (11):
+
+    | # | field | meaning |
+    |---|-------|---------|
+    | 0 | time_of_day | decision time / 1440 min |
+    | 1 | lead_to_pickup | (requested pickup - now) / 180 min |
+    | 2 | window | pickup window length / 60 min |
+    | 3-5 | mobility_* | one-hot ambulatory, wheelchair, stretcher |
+    | 6-8 | priority_* | one-hot normal, appointment, dialysis |
+    | 9 | trip_km | pickup-to-dropoff road km / 50 |
+    | 10 | advance_booking | 1 if known at the day start |
+
+    Then, for each vehicle k (7 per vehicle, vehicle-major), computed for *this* booking:
+
+    | # | field | meaning |
+    |---|-------|---------|
+    | 0 | feasible | 1 if the action is allowed (the mask) |
+    | 1 | compatible | 1 if the vehicle type carries this mobility |
+    | 2 | eta_to_pickup | (pickup time if assigned - now) / 180 min |
+    | 3 | lateness_if_assigned | minutes after the window closes / 60 |
+    | 4 | deadhead_km | empty km to the pickup / 50 |
+    | 5 | time_until_free | (end of its committed queue - now)^+ / 240 min |
+    | 6 | shift_remaining | (shift end - now)^+ / 720 min |
+
+    Then the global block (4): day_elapsed ((now - day start) / day length), pending_bookings
+    (known, not yet decided / 50), recent_requests (same-day requests in the last 60 min / 20),
+    feasible_share (feasible vehicles / K).
+
+    ## Rewards
+    Serving booking b: ``service_reward * priority_weight[b] - deadhead_per_km * deadhead_km -
+    lateness_per_min * lateness_min``. Refusing, or missing a booking no vehicle could serve:
+    ``-refusal_penalty``. Invalid action: ``-(refusal_penalty + invalid_action_penalty)``.
+    Weights come from :class:`~rl_lib.envs.core.RewardWeights`.
+
+    ## Starting State
+    A day is drawn from ``days`` (uniformly with the env's ``np_random``, or in turn with
+    ``day_sampling="cycle"``, or chosen with ``reset(options={"day_index": i})``); every
+    vehicle waits at the depot for its shift, no booking is decided.
+
+    ## Episode End
+    Terminated after the day's last booking is decided. Never truncated.
+
+    ## Info
+    Every step: ``action_mask`` (for the returned observation), ``outcome`` (``served``,
+    ``refused``, ``missed``, ``deadhead_km``, ``loaded_km``, ``lateness_min``: the step's KPI
+    deltas), ``invalid_action``, ``day_id``. On the last step: ``kpis``, the day's KPIs
+    (:data:`rl_lib.envs.core.KPI_DESCRIPTIONS`).
+
+    ## Arguments
+    :param days: the days to play (e.g. ``SyntheticScenario().days("train", 100)``), or None
+        for the first ``n_default_days`` training days of the default scenario.
+    :param reward: reward weights (default :class:`RewardWeights`).
+    :param day_sampling: ``"random"`` or ``"cycle"``.
+    :param render_mode: None or ``"ansi"`` (a one-line text summary of the pending decision).
+    """
+
+    metadata = {"render_modes": ["ansi"], "render_fps": 4}
+
+    def __init__(
+        self,
+        days: Sequence[Day] | None = None,
+        reward: RewardWeights | None = None,
+        day_sampling: str = "random",
+        render_mode: str | None = None,
+        n_default_days: int = 100,
+    ) -> None:
+        if days is None:
+            from rl_lib.scenarios.synthetic import SyntheticScenario
+
+            days = SyntheticScenario().days("train", n_default_days)
+        if not days:
+            raise ValueError("DispatchEnv needs at least one day")
+        sizes = {d.n_vehicles for d in days}
+        if len(sizes) != 1:
+            raise ValueError(f"every day must have the same fleet size (the action space), got {sizes}")
+        if any(d.n_bookings == 0 for d in days):
+            raise ValueError("every day must hold at least one booking")
+        if day_sampling not in ("random", "cycle"):
+            raise ValueError("day_sampling must be 'random' or 'cycle'")
+        if render_mode is not None and render_mode not in self.metadata["render_modes"]:
+            raise ValueError(f"render_mode must be None or one of {self.metadata['render_modes']}")
+        self.days = list(days)
+        self.day_sampling = day_sampling
+        self.render_mode = render_mode
+        self.core = DispatchCore(reward)
+        self.n_vehicles = sizes.pop()
+        self.action_space = spaces.Discrete(self.n_vehicles + 1)
+        n_obs = N_BOOKING + N_VEHICLE * self.n_vehicles + N_GLOBAL
+        self.observation_space = spaces.Box(0.0, 1.0, shape=(n_obs,), dtype=np.float32)
+        self._obs = np.zeros(n_obs, dtype=np.float32)
+        self._vehicle_block = self._obs[N_BOOKING : N_BOOKING + N_VEHICLE * self.n_vehicles].reshape(
+            self.n_vehicles, N_VEHICLE
+        )
+        self._next_day = 0
+        self._booking = 0
+        self._insertion: Insertion | None = None
+
+    # ---------------------------------------------------------------- gym API
+    def reset(self, *, seed: int | None = None, options: dict[str, Any] | None = None):
+        super().reset(seed=seed)
+        if options and "day_index" in options:
+            index = int(options["day_index"]) % len(self.days)
+        elif self.day_sampling == "cycle":
+            index, self._next_day = self._next_day, (self._next_day + 1) % len(self.days)
+        else:
+            index = int(self.np_random.integers(len(self.days)))
+        self.day = self.days[index]
+        self.core.reset(self.day)
+        self._static = self._booking_features(self.day)
+        self._booking = 0
+        self._insertion = self.core.evaluate(0, self.day.bookings.decision_time[0])
+        return self._observation(), {"action_mask": self.action_masks(), "day_id": self.day.day_id}
+
+    def step(self, action):
+        insertion = self._insertion
+        if insertion is None:
+            raise RuntimeError("the episode is over: call reset() before step()")
+        action = int(action)
+        if action == self.n_vehicles:
+            outcome = self.core.refuse(insertion)
+        else:
+            outcome = self.core.assign(insertion, action)
+        self._booking += 1
+        terminated = self._booking >= self.day.n_bookings
+        status = outcome.status
+        info: dict[str, Any] = {
+            "outcome": {
+                "served": float(status == SERVED),
+                "refused": float(status == REFUSED),
+                "missed": float(status == MISSED),
+                "deadhead_km": outcome.deadhead_km,
+                "loaded_km": outcome.loaded_km,
+                "lateness_min": outcome.lateness_min,
+            },
+            "invalid_action": outcome.invalid_action,
+            "day_id": self.day.day_id,
+        }
+        if terminated:
+            self._insertion = None
+            obs = np.zeros(self.observation_space.shape, dtype=np.float32)
+            info["action_mask"] = np.ones(self.n_vehicles + 1, dtype=bool)
+            info["kpis"] = self.core.kpis()
+        else:
+            b = self._booking
+            self._insertion = self.core.evaluate(b, self.day.bookings.decision_time[b])
+            obs = self._observation()
+            info["action_mask"] = self.action_masks()
+        return obs, outcome.reward, terminated, False, info
+
+    def action_masks(self) -> np.ndarray:
+        """Boolean mask over actions for the pending booking (refusal always allowed)."""
+        mask = np.ones(self.n_vehicles + 1, dtype=bool)
+        if self._insertion is not None:
+            mask[:-1] = self._insertion.feasible
+        return mask
+
+    def render(self) -> str | None:
+        if self.render_mode != "ansi" or self._insertion is None:
+            return None
+        b, ins = self._booking, self._insertion
+        now = self.day.bookings.decision_time[b]
+        return (
+            f"day {self.day.day_id} {int(now // 60):02d}:{int(now % 60):02d} booking {b + 1}/"
+            f"{self.day.n_bookings}: feasible vehicles {np.flatnonzero(ins.feasible).tolist()}"
+        )
+
+    # ------------------------------------------------------------ observation
+    def _booking_features(self, day: Day) -> np.ndarray:
+        """(n_bookings, 11 + 3): the booking block and the first three global fields.
+
+        They depend on the booking and the day only, so they are computed once per day.
+        """
+        bk = day.bookings
+        n = day.n_bookings
+        now = bk.decision_time
+        rows = np.arange(n)
+        feats = np.zeros((n, N_BOOKING + 3), dtype=np.float32)
+        feats[:, 0] = now / MINUTES_PER_DAY
+        feats[:, 1] = (bk.requested_pickup - now) / LEAD_SCALE_MIN
+        feats[:, 2] = bk.window_min / WINDOW_SCALE_MIN
+        feats[rows, 3 + bk.mobility] = 1.0
+        feats[rows, 6 + bk.priority] = 1.0
+        feats[:, 9] = day.travel.distance_km[bk.pickup_node, bk.dropoff_node] / TRIP_SCALE_KM
+        feats[:, 10] = bk.advance
+        feats[:, 11] = (now - day.start_min) / (day.end_min - day.start_min)
+        feats[:, 12] = day.pending_at_decision / PENDING_SCALE
+        feats[:, 13] = day.recent_requests_at_decision / RECENT_SCALE
+        return np.clip(feats, 0.0, 1.0)
+
+    def _observation(self) -> np.ndarray:
+        # Written into a preallocated buffer, then copied: this runs at every decision.
+        ins, b, obs = self._insertion, self._booking, self._obs
+        now = ins.now
+        static = self._static[b]
+        obs[:N_BOOKING] = static[:N_BOOKING]
+        obs[-N_GLOBAL:-1] = static[N_BOOKING:]
+        obs[-1] = np.count_nonzero(ins.feasible) / self.n_vehicles
+        # Rows: feasible, compatible, pickup, lateness, deadhead, free_at, shift_end; the
+        # time rows become "minutes from now" before scaling.
+        block = np.array(
+            (ins.feasible, ins.compatible, ins.pickup, ins.lateness, ins.deadhead_km,
+             self.core.free_at, self.day.fleet.shift_end)
+        )  # fmt: skip
+        block -= now * _TIME_ROWS
+        block *= _ROW_SCALES
+        np.clip(block, 0.0, 1.0, out=block)
+        self._vehicle_block[:] = block.T
+        return obs.copy()
