@@ -82,7 +82,8 @@ class DispatchEnv(gym.Env):
     | 9 | trip_km | pickup-to-dropoff road km / 50 |
     | 10 | advance_booking | 1 if known at the day start |
 
-    Then, for each vehicle k (7 per vehicle, vehicle-major), computed for *this* booking:
+    Then 7 fields per vehicle, computed for *this* booking, field-major: field f of vehicle k
+    is at index ``11 + f * K + k``:
 
     | # | field | meaning |
     |---|-------|---------|
@@ -160,8 +161,9 @@ class DispatchEnv(gym.Env):
         n_obs = N_BOOKING + N_VEHICLE * self.n_vehicles + N_GLOBAL
         self.observation_space = spaces.Box(0.0, 1.0, shape=(n_obs,), dtype=np.float32)
         self._obs = np.zeros(n_obs, dtype=np.float32)
-        self._vehicle_block = self._obs[N_BOOKING : N_BOOKING + N_VEHICLE * self.n_vehicles].reshape(
-            self.n_vehicles, N_VEHICLE
+        self._mask = np.ones(self.n_vehicles + 1, dtype=bool)  # last entry (refuse) stays True
+        self._vehicle_rows = self._obs[N_BOOKING : N_BOOKING + N_VEHICLE * self.n_vehicles].reshape(
+            N_VEHICLE, self.n_vehicles
         )
         self._next_day = 0
         self._booking = 0
@@ -221,10 +223,10 @@ class DispatchEnv(gym.Env):
 
     def action_masks(self) -> np.ndarray:
         """Boolean mask over actions for the pending booking (refusal always allowed)."""
-        mask = np.ones(self.n_vehicles + 1, dtype=bool)
-        if self._insertion is not None:
-            mask[:-1] = self._insertion.feasible
-        return mask
+        if self._insertion is None:
+            return np.ones(self.n_vehicles + 1, dtype=bool)
+        self._mask[:-1] = self._insertion.feasible
+        return self._mask.copy()
 
     def render(self) -> str | None:
         if self.render_mode != "ansi" or self._insertion is None:
@@ -264,17 +266,18 @@ class DispatchEnv(gym.Env):
         ins, b, obs = self._insertion, self._booking, self._obs
         now = ins.now
         static = self._static[b]
-        obs[:N_BOOKING] = static[:N_BOOKING]
+        obs[:N_BOOKING] = static[:N_BOOKING]  # booking fields and 3 global ones: precomputed
         obs[-N_GLOBAL:-1] = static[N_BOOKING:]
-        obs[-1] = np.count_nonzero(ins.feasible) / self.n_vehicles
-        # Rows: feasible, compatible, pickup, lateness, deadhead, free_at, shift_end; the
-        # time rows become "minutes from now" before scaling.
-        block = np.array(
-            (ins.feasible, ins.compatible, ins.pickup, ins.lateness, ins.deadhead_km,
-             self.core.free_at, self.day.fleet.shift_end)
-        )  # fmt: skip
-        block -= now * _TIME_ROWS
-        block *= _ROW_SCALES
-        np.clip(block, 0.0, 1.0, out=block)
-        self._vehicle_block[:] = block.T
+        obs[-1] = ins.n_feasible / self.n_vehicles
+        rows = self._vehicle_rows  # (7, K) view of obs: one row per vehicle field
+        rows[0] = ins.feasible
+        rows[1] = ins.compatible
+        np.subtract(ins.pickup, now, out=rows[2])
+        rows[3] = ins.lateness
+        rows[4] = ins.deadhead_km
+        np.subtract(self.core.free_at, now, out=rows[5])
+        np.subtract(self.day.fleet.shift_end, now, out=rows[6])
+        rows *= _ROW_SCALES
+        np.minimum(rows, 1.0, out=rows)
+        np.maximum(rows, 0.0, out=rows)
         return obs.copy()

@@ -1,0 +1,63 @@
+"""Shared fixtures: a hand-built 3-vehicle day and a few default-scenario days."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from rl_lib.envs.day import Bookings, Day, Fleet, Mobility, Priority, ServiceRules, VehicleType
+from rl_lib.envs.travel import TravelModel
+from rl_lib.scenarios.synthetic import SyntheticScenario
+
+# Four nodes: 0 depot, 1 A, 2 B, 3 C. Free-flow time = 2 min per km, no congestion.
+HAND_KM = np.array(
+    [
+        [0.0, 5.0, 10.0, 3.0],
+        [5.0, 0.0, 6.0, 4.0],
+        [10.0, 6.0, 0.0, 8.0],
+        [3.0, 4.0, 8.0, 0.0],
+    ]
+)
+
+
+def make_hand_day() -> Day:
+    """The day whose KPIs tests/test_core.py works out by hand.
+
+    Vehicles: v0 car [08:00, 12:00], v1 wheelchair van [08:00, 12:00], v2 car [10:00, 12:00].
+    Bookings (decision time, requested pickup, window, pickup -> dropoff, mobility, priority):
+      b0: 480, 500, 15, A -> B, ambulatory, normal
+      b1: 490, 510, 15, C -> A, wheelchair, dialysis
+      b2: 520, 540, 15, B -> C, stretcher, normal   (no stretcher unit: always missed)
+      b3: 530, 535,  5, C -> depot, ambulatory, appointment
+    """
+    fleet = Fleet(
+        vehicle_type=np.array([VehicleType.CAR, VehicleType.WHEELCHAIR_VAN, VehicleType.CAR]),
+        shift_start=np.array([480.0, 480.0, 600.0]),
+        shift_end=np.array([720.0, 720.0, 720.0]),
+    )
+    decision = np.array([480.0, 490.0, 520.0, 530.0])
+    bookings = Bookings(
+        known_at=decision.copy(),
+        decision_time=decision,
+        requested_pickup=np.array([500.0, 510.0, 540.0, 535.0]),
+        window_min=np.array([15.0, 15.0, 15.0, 5.0]),
+        pickup_node=np.array([1, 3, 2, 3]),
+        dropoff_node=np.array([2, 1, 3, 0]),
+        mobility=np.array(
+            [Mobility.AMBULATORY, Mobility.WHEELCHAIR, Mobility.STRETCHER, Mobility.AMBULATORY]
+        ),
+        priority=np.array([Priority.NORMAL, Priority.DIALYSIS, Priority.NORMAL, Priority.APPOINTMENT]),
+        advance=np.array([True, False, False, False]),
+    )
+    travel = TravelModel.from_matrices(HAND_KM, 2.0 * HAND_KM)
+    return Day("hand", 480.0, 720.0, fleet, bookings, travel, ServiceRules(), None)
+
+
+@pytest.fixture
+def hand_day() -> Day:
+    return make_hand_day()
+
+
+@pytest.fixture(scope="session")
+def test_days() -> list[Day]:
+    return SyntheticScenario().days("test", 3)
