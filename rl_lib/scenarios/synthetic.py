@@ -6,7 +6,8 @@ the same day comes back on every machine and in every process, whatever else was
 
 from __future__ import annotations
 
-from functools import cached_property
+from collections.abc import Sequence
+from functools import cached_property, lru_cache
 from pathlib import Path
 
 import numpy as np
@@ -45,8 +46,14 @@ class SyntheticScenario:
         return self.make_day(ids[index])
 
     def days(self, split: str, n: int | None = None) -> list[Day]:
+        """The first ``n`` days of ``split`` (all when None), generated now."""
         ids = self.day_ids(split)
         return [self.make_day(i) for i in ids[: len(ids) if n is None else n]]
+
+    def split_days(self, split: str, n: int | None = None) -> LazyDays:
+        """The same days as :meth:`days`, generated on access (with a small cache)."""
+        ids = self.day_ids(split)
+        return LazyDays(self, ids[: len(ids) if n is None else n])
 
     # ------------------------------------------------------------------ a day
     def make_day(self, day_id: int) -> Day:
@@ -64,8 +71,11 @@ class SyntheticScenario:
         t_sd = known_sd + rng.uniform(*d.same_day_lead_min, size=n_sd)
 
         t_req = np.concatenate([t_adv, t_sd])
-        known = np.concatenate([np.full(n_adv, cfg.day_start_min), known_sd])
-        advance = np.concatenate([np.ones(n_adv, bool), np.zeros(n_sd, bool)])
+        # A request made before the service day starts is known at its start, like any
+        # advance booking (and the importer's rule: created before the day start = advance).
+        early = known_sd < cfg.day_start_min
+        known = np.concatenate([np.full(n_adv, cfg.day_start_min), np.maximum(known_sd, cfg.day_start_min)])
+        advance = np.concatenate([np.ones(n_adv, bool), early])
         # Keep requests whose pickup falls inside the service day (a thinning of the process).
         keep = (t_req >= cfg.day_start_min) & (t_req <= cfg.day_end_min) & (known <= t_req)
         t_req, known, advance = t_req[keep], known[keep], advance[keep]
@@ -160,6 +170,23 @@ class SyntheticScenario:
         """Minutes since midnight: hour by the profile, uniform within the hour."""
         hours = rng.choice(24, size=n, p=_normalise(profile))
         return (hours + rng.random(n)) * 60.0
+
+
+class LazyDays(Sequence[Day]):
+    """A read-only sequence of generated days, made when indexed; recent ones are cached."""
+
+    def __init__(self, scenario: SyntheticScenario, day_ids: range, cache_size: int = 64) -> None:
+        self.scenario = scenario
+        self.day_ids = day_ids
+        self._cached = lru_cache(maxsize=cache_size)(scenario.make_day)
+
+    def __len__(self) -> int:
+        return len(self.day_ids)
+
+    def __getitem__(self, index):  # type: ignore[override]
+        if isinstance(index, slice):
+            return [self[i] for i in range(*index.indices(len(self)))]
+        return self._cached(self.day_ids[index])
 
 
 def _normalise(weights) -> np.ndarray:
