@@ -3,15 +3,14 @@
 from __future__ import annotations
 
 import argparse
-import os
+import json
 import sys
-import tempfile
 from pathlib import Path
 
 from rl_lib.errors import UserError
 
 
-def _positive_int(text: str) -> int:
+def positive_int(text: str) -> int:
     try:
         value = int(text)
     except ValueError:
@@ -36,23 +35,9 @@ def _test_days(scenario, split: str, n: int):
     return scenario.days(split, n)
 
 
-def write_csv_atomic(frame, path: Path) -> None:
-    """Write a CSV under a temporary name, then rename: a crash never leaves half a file."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w") as handle:
-            frame.to_csv(handle, index=False)
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-
-
 def cmd_baselines(args: argparse.Namespace) -> int:
     from rl_lib.evaluation import evaluate_baselines, format_table, summarize
+    from rl_lib.io import atomic_write_csv
 
     cfg, scenario = _load(args)
     days = _test_days(scenario, args.split, args.days)
@@ -64,9 +49,76 @@ def cmd_baselines(args: argparse.Namespace) -> int:
     print(format_table(summary))
     if args.out:
         out = Path(args.out)
-        write_csv_atomic(per_episode, out / "baselines_per_episode.csv")
-        write_csv_atomic(summary, out / "baselines_summary.csv")
+        atomic_write_csv(per_episode, out / "baselines_per_episode.csv")
+        atomic_write_csv(summary, out / "baselines_summary.csv")
         print(f"wrote {out / 'baselines_per_episode.csv'} and {out / 'baselines_summary.csv'}")
+    return 0
+
+
+def cmd_train(args: argparse.Namespace) -> int:
+    from rl_lib.config import from_dict, to_dict
+    from rl_lib.experiment import ExperimentConfig, load_experiment
+    from rl_lib.io import parse_size
+    from rl_lib.training import quick, train
+
+    cfg = load_experiment(args.config)
+    overrides = {
+        k: v for k, v in (("total_timesteps", args.total_timesteps), ("seed", args.seed)) if v is not None
+    }
+    if overrides:  # validated like the file itself
+        data = to_dict(cfg)
+        data["training"].update(overrides)
+        cfg = from_dict(ExperimentConfig, data, where="command line")
+    if args.quick:
+        cfg = quick(cfg)
+    try:
+        budget = parse_size(args.disk_budget) if args.disk_budget is not None else None
+    except ValueError as exc:
+        raise UserError(f"--disk-budget: {exc}") from None
+    if args.max_wall_time is not None and args.max_wall_time <= 0:
+        raise UserError("--max-wall-time must be a positive number of seconds")
+    result = train(
+        cfg,
+        args.run_dir,
+        max_wall_time=args.max_wall_time,
+        disk_budget=budget,
+        device=args.device,
+        force_resume=args.force_resume,
+        progress_bar=args.progress if args.progress is not None else sys.stdout.isatty(),
+        torch_threads=args.threads,
+    )
+    return result.exit_code
+
+
+def cmd_evaluate(args: argparse.Namespace) -> int:
+    import pandas as pd
+
+    from rl_lib.agents import load_model
+    from rl_lib.config import from_dict
+    from rl_lib.envs import DispatchEnv
+    from rl_lib.evaluation import evaluate_agent, evaluate_baselines, format_table, summarize
+    from rl_lib.experiment import ExperimentConfig
+    from rl_lib.io import atomic_write_csv
+    from rl_lib.scenarios.synthetic import SyntheticScenario
+
+    run_dir = Path(args.run_dir)
+    model = load_model(run_dir, args.which, device="cpu")
+    metadata = next(run_dir.glob("*_training_metadata.json"))
+    meta = json.loads(metadata.read_text())
+    cfg = from_dict(ExperimentConfig, meta["config"], where=str(metadata))
+    days = _test_days(SyntheticScenario(cfg.scenario), "test", args.days)
+    agent = evaluate_agent(model, DispatchEnv(days=days, reward=cfg.reward), len(days))
+    agent.insert(0, "policy", f"{meta['algo']} ({args.which})")
+    per_episode = agent
+    if not args.no_baselines:
+        baselines = evaluate_baselines(days, weights=cfg.reward, hindsight=not args.no_hindsight)
+        per_episode = pd.concat([agent, baselines.drop(columns="seed")], ignore_index=True)
+    summary = summarize(per_episode)
+    print(f"{run_dir} on {len(days)} test days (mean [95% CI]):")
+    print(format_table(summary))
+    out = run_dir / "evaluations"
+    atomic_write_csv(per_episode, out / f"test_{args.which}_per_episode.csv")
+    atomic_write_csv(summary, out / f"test_{args.which}_summary.csv")
     return 0
 
 
@@ -107,17 +159,40 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--config", help=config_help)
     p.add_argument("--split", choices=("train", "validation", "test"), default="test")
-    p.add_argument("--days", type=_positive_int, default=30, help="number of days of the split (default 30)")
+    p.add_argument("--days", type=positive_int, default=30, help="number of days of the split (default 30)")
     p.add_argument("--seeds", type=int, nargs="+", default=[0], help="policy seeds (random baseline)")
     p.add_argument("--no-hindsight", action="store_true", help="skip the hindsight bound (a MILP per day)")
     p.add_argument("--out", help="folder for baselines_per_episode.csv and baselines_summary.csv")
     p.set_defaults(func=cmd_baselines)
 
+    p = sub.add_parser("train", help="train (or resume) an agent into a run dir with three-level checkpoints")
+    p.add_argument("--config", help="experiment YAML, e.g. configs/dqn.yaml; default: built-in defaults")
+    p.add_argument("--total-timesteps", type=positive_int, help="override training.total_timesteps")
+    p.add_argument("--run-dir", help="run folder (default runs/{name}_seed{seed}); rerun to resume")
+    p.add_argument("--seed", type=int, help="override training.seed")
+    p.add_argument("--quick", action="store_true", help="smoke test: 2 steps, a checkpoint at each")
+    p.add_argument("--max-wall-time", type=float, help="seconds; stop cleanly (interrupted, exit 3) before")
+    p.add_argument("--disk-budget", help="e.g. 20GB; refuse a save beyond it (default 18GB on Kaggle)")
+    p.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto")
+    p.add_argument("--force-resume", action="store_true", help="resume even a run that diverged")
+    p.add_argument("--threads", type=positive_int, default=1, help="torch CPU threads (default 1)")
+    p.add_argument("--progress", action=argparse.BooleanOptionalAction, default=None,
+                   help="progress bar (default: when stdout is a terminal)")  # fmt: skip
+    p.set_defaults(func=cmd_train)
+
+    p = sub.add_parser("evaluate", help="a run's model on the test days, next to the baselines")
+    p.add_argument("run_dir")
+    p.add_argument("--which", choices=("best", "final", "latest"), default="best")
+    p.add_argument("--days", type=positive_int, default=30)
+    p.add_argument("--no-baselines", action="store_true")
+    p.add_argument("--no-hindsight", action="store_true")
+    p.set_defaults(func=cmd_evaluate)
+
     bench = sub.add_parser("bench", help="benchmarks").add_subparsers(dest="bench", required=True)
     p = bench.add_parser("env", help="DispatchEnv decisions/s next to CartPole-v1, and the baseline table")
     p.add_argument("--config", help=config_help)
-    p.add_argument("--steps", type=_positive_int, default=20_000, help="steps per timing round")
-    p.add_argument("--rounds", type=_positive_int, default=5, help="interleaved timing rounds")
+    p.add_argument("--steps", type=positive_int, default=20_000, help="steps per timing round")
+    p.add_argument("--rounds", type=positive_int, default=5, help="interleaved timing rounds")
     p.add_argument("--days", type=int, default=30, help="test days for the KPI table (0: skip it)")
     p.add_argument("--no-hindsight", action="store_true", help="skip the hindsight bound")
     p.set_defaults(func=cmd_bench_env)

@@ -99,3 +99,24 @@ def format_table(summary: pd.DataFrame) -> str:
     order = list(dict.fromkeys(summary["policy"]))
     columns = [k for k in dict.fromkeys(summary["kpi"]) if k in wide.columns]
     return wide.loc[order, columns].to_string()
+
+
+def run_agent_episode(model, env, day_index: int, deterministic: bool = True) -> dict[str, float]:
+    """Play one day with a masked SB3 agent (MaskableDQN or MaskablePPO); returns its KPIs.
+
+    :param env: a plain (non-vectorised) :class:`~rl_lib.envs.DispatchEnv`.
+    """
+    obs, info = env.reset(options={"day_index": day_index})
+    terminated = False
+    while not terminated:
+        action, _ = model.predict(obs, deterministic=deterministic, action_masks=env.action_masks())
+        obs, _, terminated, truncated, info = env.step(int(action))
+        if truncated:
+            raise RuntimeError("DispatchEnv episodes are never truncated")
+    return {"day_id": info["day_id"], **info["kpis"]}
+
+
+def evaluate_agent(model, env, n_episodes: int, deterministic: bool = True) -> pd.DataFrame:
+    """One row of KPIs per day for the first ``n_episodes`` days of ``env`` (each day once)."""
+    n = min(n_episodes, len(env.days))
+    return pd.DataFrame([run_agent_episode(model, env, i, deterministic) for i in range(n)])

@@ -141,22 +141,20 @@ class DispatchEnv(gym.Env):
             from rl_lib.scenarios.synthetic import SyntheticScenario
 
             days = SyntheticScenario().days("train", n_default_days)
-        if not days:
+        if len(days) == 0:
             raise ValueError("DispatchEnv needs at least one day")
-        sizes = {d.n_vehicles for d in days}
-        if len(sizes) != 1:
-            raise ValueError(f"every day must have the same fleet size (the action space), got {sizes}")
-        if any(d.n_bookings == 0 for d in days):
-            raise ValueError("every day must hold at least one booking")
         if day_sampling not in ("random", "cycle"):
             raise ValueError("day_sampling must be 'random' or 'cycle'")
         if render_mode is not None and render_mode not in self.metadata["render_modes"]:
             raise ValueError(f"render_mode must be None or one of {self.metadata['render_modes']}")
-        self.days = list(days)
+        # Any sequence works, e.g. SyntheticScenario.split_days(): days are then made on demand,
+        # so a 1000-day training split costs no memory until it is played. Each day is checked
+        # when it is drawn.
+        self.days = days
         self.day_sampling = day_sampling
         self.render_mode = render_mode
         self.core = DispatchCore(reward)
-        self.n_vehicles = sizes.pop()
+        self.n_vehicles = days[0].n_vehicles
         self.action_space = spaces.Discrete(self.n_vehicles + 1)
         n_obs = N_BOOKING + N_VEHICLE * self.n_vehicles + N_GLOBAL
         self.observation_space = spaces.Box(0.0, 1.0, shape=(n_obs,), dtype=np.float32)
@@ -178,12 +176,22 @@ class DispatchEnv(gym.Env):
             index, self._next_day = self._next_day, (self._next_day + 1) % len(self.days)
         else:
             index = int(self.np_random.integers(len(self.days)))
-        self.day = self.days[index]
+        self._load_day(index)
+        return self._observation(), {"action_mask": self.action_masks(), "day_id": self.day.day_id}
+
+    def _load_day(self, index: int) -> None:
+        day = self.days[index]
+        if day.n_vehicles != self.n_vehicles:
+            raise ValueError(f"day {day.day_id} has {day.n_vehicles} vehicles; this env's action space needs "
+                             f"{self.n_vehicles}")  # fmt: skip
+        if day.n_bookings == 0:
+            raise ValueError(f"day {day.day_id} holds no booking; remove it from the env's days")
+        self._day_index = index
+        self.day = day
         self.core.reset(self.day)
         self._static = self._booking_features(self.day)
         self._booking = 0
         self._insertion = self.core.evaluate(0, self.day.bookings.decision_time[0])
-        return self._observation(), {"action_mask": self.action_masks(), "day_id": self.day.day_id}
 
     def step(self, action):
         insertion = self._insertion
@@ -220,6 +228,32 @@ class DispatchEnv(gym.Env):
             obs = self._observation()
             info["action_mask"] = self.action_masks()
         return obs, outcome.reward, terminated, False, info
+
+    def get_state(self) -> dict[str, Any]:
+        """Everything needed to continue this episode exactly (for checkpoints), picklable."""
+        state: dict[str, Any] = {
+            "np_random": self.np_random.bit_generator.state,
+            "next_day": self._next_day,
+            "day_index": getattr(self, "_day_index", None),
+        }
+        if state["day_index"] is not None:
+            state.update(booking=self._booking, core=self.core.snapshot(), done=self._insertion is None)
+        return state
+
+    def set_state(self, state: dict[str, Any]) -> None:
+        """Restore a state from :meth:`get_state` (same days, same order)."""
+        self.np_random.bit_generator.state = state["np_random"]
+        self._next_day = state["next_day"]
+        if state["day_index"] is None:
+            return
+        self._load_day(state["day_index"])
+        self.core.restore(state["core"])
+        self._booking = state["booking"]
+        self._insertion = (
+            None
+            if state["done"]
+            else self.core.evaluate(self._booking, self.day.bookings.decision_time[self._booking])
+        )
 
     def action_masks(self) -> np.ndarray:
         """Boolean mask over actions for the pending booking (refusal always allowed)."""

@@ -1,0 +1,89 @@
+"""Agents: SB3 DQN with action masking, and sb3-contrib MaskablePPO for comparison."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from sb3_contrib import MaskablePPO
+from stable_baselines3.common.base_class import BaseAlgorithm
+
+from rl_lib.agents.maskable_dqn import DivergenceError, MaskableDQN, MaskableReplayBuffer
+from rl_lib.errors import UserError
+
+ALGORITHMS: dict[str, type[BaseAlgorithm]] = {"dqn": MaskableDQN, "maskable_ppo": MaskablePPO}
+
+
+def build_model(training, env, device: str = "auto", tensorboard_log: str | None = None) -> BaseAlgorithm:
+    """A fresh agent from a :class:`~rl_lib.experiment.TrainingConfig` on a (vectorised) env."""
+    common = {"seed": training.seed, "device": device, "tensorboard_log": tensorboard_log, "verbose": 0}
+    if training.algo == "dqn":
+        d = training.dqn
+        return MaskableDQN(
+            "MlpPolicy",
+            env,
+            learning_rate=d.learning_rate,
+            buffer_size=d.buffer_size,
+            learning_starts=d.learning_starts,
+            batch_size=d.batch_size,
+            gamma=d.gamma,
+            train_freq=d.train_freq,
+            gradient_steps=d.gradient_steps,
+            target_update_interval=d.target_update_interval,
+            exploration_fraction=d.exploration_fraction,
+            exploration_initial_eps=d.exploration_initial_eps,
+            exploration_final_eps=d.exploration_final_eps,
+            max_grad_norm=d.max_grad_norm,
+            policy_kwargs={"net_arch": list(d.net_arch)},
+            **common,
+        )
+    p = training.ppo
+    return MaskablePPO(
+        "MlpPolicy",
+        env,
+        learning_rate=p.learning_rate,
+        n_steps=p.n_steps,
+        batch_size=p.batch_size,
+        n_epochs=p.n_epochs,
+        gamma=p.gamma,
+        gae_lambda=p.gae_lambda,
+        clip_range=p.clip_range,
+        ent_coef=p.ent_coef,
+        max_grad_norm=p.max_grad_norm,
+        policy_kwargs={"net_arch": list(p.net_arch)},
+        **common,
+    )
+
+
+def load_model(run_dir: str | Path, which: str = "best", device: str = "auto") -> BaseAlgorithm:
+    """Load a run's ``best``, ``final`` or ``latest`` model with the class its metadata names.
+
+    :param which: ``"best"`` (what the thesis reports), ``"final"`` or ``"latest"``.
+    """
+    from rl_lib.checkpoints import CheckpointManager
+
+    run_dir = Path(run_dir)
+    metas = sorted(run_dir.glob("*_training_metadata.json"))
+    if not metas:
+        raise UserError(f"{run_dir}: no *_training_metadata.json; is this a run dir made by rl-lib train?")
+    meta = json.loads(metas[0].read_text())
+    algo = ALGORITHMS[meta["algo"]]
+    manager = CheckpointManager(run_dir, meta["name"])
+    if which == "best":
+        path = manager.best_dir / "best_model.zip"
+    elif which == "final":
+        path = manager.final_model
+    elif which == "latest":
+        latest = manager.latest_valid()
+        path = latest.model if latest else run_dir / "missing-latest-checkpoint.zip"
+    else:
+        raise ValueError(f"which must be 'best', 'final' or 'latest', got {which!r}")
+    if not path.is_file():
+        raise UserError(f"{path}: no {which} model in this run dir")
+    return algo.load(path, device=device)
+
+
+__all__ = [
+    "ALGORITHMS", "DivergenceError", "MaskableDQN", "MaskablePPO", "MaskableReplayBuffer", "build_model",
+    "load_model",
+]  # fmt: skip

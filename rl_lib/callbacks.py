@@ -1,0 +1,227 @@
+"""SB3 callbacks of a training run: KPI logging, stop requests, best model, latest checkpoints.
+
+Evaluations and checkpoints happen at *rollout boundaries* (``_on_rollout_start``): there the
+previous rollout's gradient steps are done and the next rollout has not begun, which is
+exactly where a resumed run's first ``learn()`` call picks up. Saving anywhere else would make
+the resumed run train on a different schedule than the uninterrupted one.
+"""
+
+from __future__ import annotations
+
+import math
+import signal
+import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from typing import Any
+
+import torch as th
+from stable_baselines3.common.callbacks import BaseCallback
+
+from rl_lib.agents.maskable_dqn import DivergenceError
+from rl_lib.checkpoints import BUFFER_SUFFIX, MODEL_SUFFIX, STATE_SUFFIX, CheckpointManager
+from rl_lib.envs import DispatchEnv
+from rl_lib.evaluation import evaluate_agent
+from rl_lib.resume import capture, model_bytes, replay_buffer_bytes, state_bytes
+
+
+class StopRequest:
+    """Why training should stop at the next boundary: a signal or the wall-time budget.
+
+    :param max_wall_time_s: seconds this session may run; the stop is requested ``margin_s``
+        before, so that the last checkpoint is on disk in time.
+    """
+
+    def __init__(self, max_wall_time_s: float | None = None, margin_s: float | None = None) -> None:
+        self.started = time.monotonic()
+        self.max_wall_time_s = max_wall_time_s
+        if max_wall_time_s is not None and margin_s is None:
+            margin_s = min(0.05 * max_wall_time_s, 300.0)
+        self.margin_s = margin_s or 0.0
+        self.reason: str | None = None
+
+    @property
+    def requested(self) -> bool:
+        if self.reason is None and self.max_wall_time_s is not None:
+            if time.monotonic() - self.started >= self.max_wall_time_s - self.margin_s:
+                self.reason = f"wall-time budget of {self.max_wall_time_s:.0f} s reached"
+        return self.reason is not None
+
+    @contextmanager
+    def catching_signals(self) -> Iterator[StopRequest]:
+        """SIGTERM and SIGINT request a clean stop (a second SIGINT interrupts at once)."""
+
+        def handler(signum, frame):
+            if self.reason is not None and signum == signal.SIGINT:
+                raise KeyboardInterrupt
+            self.reason = f"received {signal.Signals(signum).name}"
+
+        previous = {s: signal.signal(s, handler) for s in (signal.SIGTERM, signal.SIGINT)}
+        try:
+            yield self
+        finally:
+            for sig, old in previous.items():
+                signal.signal(sig, old)
+
+
+class KPILoggerCallback(BaseCallback):
+    """Logs each finished day's KPIs (completion, deadhead, lateness) to SB3's logger."""
+
+    KPIS = {
+        "completion_rate": "episode/completion_rate",
+        "mean_deadhead_km": "episode/mean_deadhead_km",
+        "mean_lateness_min": "episode/mean_lateness_min",
+        "on_time_rate": "episode/on_time_rate",
+    }
+
+    def _on_step(self) -> bool:
+        for info in self.locals.get("infos", ()):
+            kpis = info.get("kpis")
+            if kpis:
+                for key, name in self.KPIS.items():
+                    if not math.isnan(kpis[key]):
+                        self.logger.record_mean(name, kpis[key])
+        if hasattr(self.model, "exploration_rate"):
+            self.logger.record("rollout/exploration_rate", self.model.exploration_rate)
+        return True
+
+
+class EvalCallback(BaseCallback):
+    """Level 2: evaluate every ``eval_freq`` steps; replace best_model.zip only on improvement.
+
+    Unlike SB3's EvalCallback, its state (best mean reward, evaluation history, collapse count)
+    is part of every latest checkpoint, so a resumed run never overwrites a better best model.
+    Raises :class:`DivergenceError` on non-finite weights or on a collapse: ``patience``
+    evaluations in a row below ``best - drop * max(|best|, 1)``.
+    """
+
+    def __init__(
+        self,
+        eval_env: DispatchEnv,
+        manager: CheckpointManager,
+        eval_freq: int,
+        n_episodes: int,
+        on_evaluation: Callable[[dict], None],
+        collapse_patience: int = 5,
+        collapse_drop: float = 1.0,
+    ) -> None:
+        super().__init__()
+        self.eval_env = eval_env
+        self.manager = manager
+        self.eval_freq = eval_freq
+        self.n_episodes = n_episodes
+        self.on_evaluation = on_evaluation
+        self.collapse_patience = collapse_patience
+        self.collapse_drop = collapse_drop
+        self.history: list[dict[str, Any]] = []
+        self.best: dict[str, Any] | None = None
+        self.collapse_count = 0
+
+    def state(self) -> dict[str, Any]:
+        return {"history": list(self.history), "best": self.best, "collapse_count": self.collapse_count}
+
+    def load_state(self, state: dict[str, Any], best_on_disk: dict[str, Any] | None) -> None:
+        self.history = list(state["history"])
+        self.collapse_count = state["collapse_count"]
+        self.best = state["best"]
+        # best_model.zip may hold a model evaluated after this checkpoint: never lose it.
+        if best_on_disk and (self.best is None or best_on_disk["mean_reward"] > self.best["mean_reward"]):
+            self.best = best_on_disk
+
+    def due(self, step: int) -> bool:
+        """True once ``step`` has crossed a multiple of eval_freq since the last evaluation."""
+        last = self.history[-1]["step"] if self.history else 0
+        return step // self.eval_freq > last // self.eval_freq
+
+    def _on_step(self) -> bool:
+        return True
+
+    def _on_rollout_start(self) -> None:
+        if self.due(self.num_timesteps):
+            self.evaluate()
+
+    def evaluate(self) -> None:
+        check_finite_weights(self.model)
+        step = self.num_timesteps
+        start = time.perf_counter()
+        kpis = evaluate_agent(self.model, self.eval_env, self.n_episodes, deterministic=True)
+        rewards = kpis["reward"].to_numpy()
+        record = {
+            "step": step,
+            "mean_reward": float(rewards.mean()),
+            "std_reward": float(rewards.std()),
+            "completion_rate": float(kpis["completion_rate"].mean()),
+            "n_episodes": len(rewards),
+            "seconds": round(time.perf_counter() - start, 3),
+        }
+        improved = self.best is None or record["mean_reward"] > self.best["mean_reward"]
+        record["new_best"] = improved
+        self.history.append(record)
+        self.logger.record("eval/mean_reward", record["mean_reward"])
+        self.logger.record("eval/completion_rate", record["completion_rate"])
+        if improved:
+            self.best = {k: record[k] for k in ("step", "mean_reward", "std_reward")}
+            self.manager.save_best(model_bytes(self.model), self.best)
+            self.collapse_count = 0
+        elif record["mean_reward"] < self.best["mean_reward"] - self.collapse_drop * max(
+            abs(self.best["mean_reward"]), 1.0
+        ):
+            self.collapse_count += 1
+        else:
+            self.collapse_count = 0
+        self.on_evaluation(record)
+        if self.collapse_count >= self.collapse_patience:
+            raise DivergenceError(
+                f"evaluation reward collapsed: {self.collapse_count} evaluations in a row far below the best "
+                f"({record['mean_reward']:.1f} vs {self.best['mean_reward']:.1f} at step {self.best['step']})"
+            )
+
+
+class CheckpointCallback(BaseCallback):
+    """Level 1: a latest checkpoint every ``checkpoint_freq`` steps, and on a stop request.
+
+    After saving for a stop request, the next step returns False, which ends ``learn()``.
+    """
+
+    def __init__(
+        self, manager: CheckpointManager, checkpoint_freq: int, stop: StopRequest, eval_callback: EvalCallback
+    ) -> None:
+        super().__init__()
+        self.manager = manager
+        self.checkpoint_freq = checkpoint_freq
+        self.stop = stop
+        self.eval_callback = eval_callback
+        self.last_saved_step: int | None = None
+        self.halted = False
+
+    def _on_training_start(self) -> None:
+        self.last_saved_step = self.num_timesteps  # a resumed run starts on its checkpoint
+
+    def _on_rollout_start(self) -> None:
+        step = self.num_timesteps
+        due = step // self.checkpoint_freq > (self.last_saved_step or 0) // self.checkpoint_freq
+        if due or (self.stop.requested and step != self.last_saved_step):
+            self.save()
+        if self.stop.requested:
+            self.halted = True
+
+    def save(self) -> None:
+        """Snapshot now (in memory), write in the background."""
+        check_finite_weights(self.model)
+        files = {MODEL_SUFFIX: model_bytes(self.model)}
+        buffer = replay_buffer_bytes(self.model)
+        if buffer is not None:
+            files[BUFFER_SUFFIX] = buffer
+        files[STATE_SUFFIX] = state_bytes(capture(self.model, {"eval": self.eval_callback.state()}))
+        self.manager.save_latest(self.num_timesteps, files)
+        self.last_saved_step = self.num_timesteps
+
+    def _on_step(self) -> bool:
+        return not self.halted
+
+
+def check_finite_weights(model) -> None:
+    """Raise :class:`DivergenceError` if any parameter is NaN or infinite."""
+    for name, param in model.policy.named_parameters():
+        if not th.isfinite(param).all():
+            raise DivergenceError(f"non-finite weights in {name} at step {model.num_timesteps}")

@@ -1,0 +1,136 @@
+"""Level 3 metadata: ``{name}_training_metadata.json``, the run's record of itself.
+
+It says what was trained (config, seed, code and library versions, device), how far
+(timesteps done / target, status), what the checkpoint system did (saves, rotations, best
+updates, evaluations) and how long it took, in a form the thesis figures read back.
+"""
+
+from __future__ import annotations
+
+import platform
+import subprocess
+import threading
+import time
+from pathlib import Path
+from typing import Any
+
+from rl_lib.checkpoints import CheckpointManager
+
+STRATEGY = (
+    "Three-level checkpoints. Level 1 (latest): a complete snapshot (model, replay buffer, random "
+    "streams, environment state) every checkpoint_freq steps, written under temporary names, fsynced, "
+    "renamed and sealed by a sha256 manifest; only the 2 newest are kept and training always resumes "
+    "from the newest valid one, never from the best. Level 2 (best): every eval_freq steps the greedy "
+    "policy (epsilon = 0) plays n_eval_episodes validation days; best_model/best_model.zip is replaced "
+    "only when the mean reward improves, and that score survives resumes. Level 3 (final): the model at "
+    "the end of training and this metadata. The thesis reports the best model."
+)
+
+RUNNING, COMPLETED, INTERRUPTED, DIVERGED = "running", "completed", "interrupted", "diverged"
+
+
+def versions() -> dict[str, str]:
+    import gymnasium
+    import numpy
+    import sb3_contrib
+    import stable_baselines3
+    import torch
+
+    import rl_lib
+
+    return {
+        "python": platform.python_version(),
+        "torch": torch.__version__,
+        "stable_baselines3": stable_baselines3.__version__,
+        "sb3_contrib": sb3_contrib.__version__,
+        "gymnasium": gymnasium.__version__,
+        "numpy": numpy.__version__,
+        "rl_lib": rl_lib.__version__,
+    }
+
+
+def git_commit() -> str | None:
+    """The commit of the rl_lib checkout, with ``+dirty`` when it has local changes; None outside git."""
+    root = Path(__file__).resolve().parents[1]
+    try:
+        commit = subprocess.run(
+            ["git", "rev-parse", "HEAD"], cwd=root, capture_output=True, text=True, timeout=5, check=True
+        ).stdout.strip()
+        dirty = subprocess.run(
+            ["git", "status", "--porcelain", "--untracked-files=no"],
+            cwd=root,
+            capture_output=True,
+            text=True,
+            timeout=5,
+            check=True,
+        ).stdout.strip()
+    except (OSError, subprocess.SubprocessError):
+        return None
+    return commit + ("+dirty" if dirty else "")
+
+
+def now() -> str:
+    return time.strftime("%Y-%m-%dT%H:%M:%S%z")
+
+
+class RunRecord:
+    """The metadata dict and its atomic writes (thread-safe: the checkpoint writer reports too)."""
+
+    def __init__(self, manager: CheckpointManager, data: dict[str, Any]) -> None:
+        self.manager = manager
+        self.data = data
+        self._lock = threading.Lock()
+        self._session_start = time.monotonic()
+        self._wall_before = float(data.get("wall_time_s", 0.0))
+
+    @classmethod
+    def start(cls, manager: CheckpointManager, previous: dict | None, **fields: Any) -> RunRecord:
+        """Open the record for a new session (a fresh run, or a resume of ``previous``)."""
+        data = dict(previous or {})
+        resumed = previous is not None
+        data.update(fields)
+        data.setdefault("created", now())
+        data.setdefault("checkpoint_history", [])
+        data.setdefault("sessions", [])
+        data["description"] = STRATEGY
+        data["status"] = RUNNING
+        data["stop_reason"] = None
+        data["resume_count"] = int(data.get("resume_count", -1)) + 1 if resumed else 0
+        data["versions"] = versions()
+        data["git_commit"] = git_commit()
+        data["sessions"].append({"started": now(), "from_step": fields["timesteps"]["done"]})
+        record = cls(manager, data)
+        record.write()
+        return record
+
+    def write(self) -> None:
+        with self._lock:
+            self.data["updated"] = now()
+            self.data["wall_time_s"] = round(self._wall_before + time.monotonic() - self._session_start, 3)
+            self.manager.write_metadata(self.data)
+
+    def checkpoint_event(self, kind: str, step: int, info: dict[str, Any]) -> None:
+        with self._lock:
+            self.data["checkpoint_history"].append({"event": kind, "step": step, "time": now(), **info})
+        self.write()
+
+    def evaluation(self, record: dict[str, Any], history: list[dict], best: dict | None, step: int) -> None:
+        with self._lock:
+            self.data["evaluations"] = history
+            self.data["best"] = best
+            self.data["timesteps"]["done"] = step
+            if record.get("new_best"):
+                self.data["checkpoint_history"].append({"event": "best", "step": step, "time": now(),
+                                                        "mean_reward": record["mean_reward"]})  # fmt: skip
+        self.write()
+
+    def finish(self, status: str, step: int, reason: str | None = None, **fields: Any) -> None:
+        with self._lock:
+            self.data.update(fields)
+            self.data["status"] = status
+            self.data["stop_reason"] = reason
+            self.data["timesteps"]["done"] = step
+            self.data["sessions"][-1].update(ended=now(), to_step=step, status=status)
+            if status == COMPLETED:
+                self.data["checkpoint_history"].append({"event": "final", "step": step, "time": now()})
+        self.write()

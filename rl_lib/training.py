@@ -1,0 +1,260 @@
+"""``train(config) -> run dir``: the whole training loop, top to bottom.
+
+1. Resolve the run dir; if it already holds a run of this experiment, find its newest valid
+   latest checkpoint (never the best) and refuse to resume a diverged run unless forced.
+2. Build the training env (train days, drawn at random) and the evaluation env (the first
+   validation days, always the same ones).
+3. Build a fresh agent, or load the checkpoint and restore its random streams and the env's
+   mid-episode state, so that the run continues exactly where it stopped.
+4. ``model.learn`` with three callbacks: KPI logging, level-2 evaluation (best model) and
+   level-1 checkpoints; SIGTERM, SIGINT and the wall-time budget stop it cleanly at the next
+   rollout boundary, after a checkpoint.
+5. On completion: a last evaluation and checkpoint at the final step, the final model, and
+   the metadata with status ``completed`` (``interrupted`` or ``diverged`` otherwise).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import pickle
+import warnings
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch as th
+from stable_baselines3.common.base_class import BaseAlgorithm
+from stable_baselines3.common.monitor import Monitor
+from stable_baselines3.common.vec_env import DummyVecEnv
+
+from rl_lib.agents import ALGORITHMS, DivergenceError, build_model
+from rl_lib.callbacks import CheckpointCallback, EvalCallback, KPILoggerCallback, StopRequest
+from rl_lib.checkpoints import Checkpoint, CheckpointManager, DiskBudgetExceeded, adaptive_checkpoint_freq
+from rl_lib.config import to_dict
+from rl_lib.envs import DispatchEnv
+from rl_lib.errors import UserError
+from rl_lib.experiment import ExperimentConfig
+from rl_lib.resume import model_bytes, restore
+from rl_lib.run_record import COMPLETED, DIVERGED, INTERRUPTED, RunRecord
+from rl_lib.scenarios.synthetic import SyntheticScenario
+
+EXIT_COMPLETED, EXIT_INTERRUPTED, EXIT_DIVERGED, EXIT_DISK_BUDGET = 0, 3, 4, 5
+KAGGLE_DISK_BUDGET = 20 * 10**9 - 2 * 10**9  # /kaggle/working holds 20 GB; keep 2 GB spare
+DIVERGED_ADVICE = (
+    "this run diverged (see stop_reason in its metadata); resuming would continue from unstable weights. "
+    "Lower the learning rate and restart from scratch in a new --run-dir, or pass --force-resume"
+)
+
+
+@dataclass(frozen=True)
+class TrainResult:
+    run_dir: Path
+    status: str
+    timesteps: int
+    target: int
+    reason: str | None
+    exit_code: int
+
+
+def on_kaggle() -> bool:
+    return "KAGGLE_KERNEL_RUN_TYPE" in os.environ
+
+
+def quick(config: ExperimentConfig) -> ExperimentConfig:
+    """The ``--quick`` smoke test: 2 steps, a checkpoint and an evaluation at each."""
+    t = config.training
+    return dataclasses.replace(
+        config,
+        training=dataclasses.replace(
+            t,
+            total_timesteps=2,
+            checkpoints=dataclasses.replace(t.checkpoints, checkpoint_freq=1, eval_freq=1),
+            dqn=dataclasses.replace(t.dqn, learning_starts=1, train_freq=1),
+            ppo=dataclasses.replace(t.ppo, n_steps=2, batch_size=2),
+        ),
+    )
+
+
+def default_run_dir(config: ExperimentConfig) -> Path:
+    return Path("runs") / f"{config.training.name}_seed{config.training.seed}"
+
+
+def make_train_env(config: ExperimentConfig) -> DummyVecEnv:
+    days = SyntheticScenario(config.scenario).split_days("train")
+    return DummyVecEnv([lambda: Monitor(DispatchEnv(days=days, reward=config.reward))])
+
+
+def make_eval_env(config: ExperimentConfig) -> DispatchEnv:
+    n = config.training.checkpoints.n_eval_episodes
+    available = config.scenario.splits.validation_days
+    if n > available:
+        raise UserError(
+            f"training.checkpoints.n_eval_episodes is {n} but the validation split holds {available} days; "
+            "lower it or raise scenario.splits.validation_days"
+        )
+    return DispatchEnv(days=SyntheticScenario(config.scenario).days("validation", n), reward=config.reward)
+
+
+def check_same_experiment(previous: dict, config: ExperimentConfig, run_dir: Path) -> None:
+    """Refuse to resume a run dir made with another configuration."""
+    old, new = previous.get("config", {}), to_dict(config)
+    old_target = old.get("training", {}).get("total_timesteps")
+    for section in new:
+        old_section, new_section = dict(old.get(section, {})), dict(new[section])
+        if section == "training":
+            old_section.pop("total_timesteps", None)
+            new_section.pop("total_timesteps", None)
+        if old_section != new_section:
+            key = next((k for k in new_section if old_section.get(k) != new_section[k]), "?")
+            raise UserError(
+                f"{run_dir} holds a run with a different configuration ({section}.{key} differs); "
+                "use another --run-dir for a new experiment"
+            )
+    if old_target != config.training.total_timesteps:
+        warnings.warn(
+            f"total_timesteps changes from {old_target} to {config.training.total_timesteps}: the schedules "
+            "(epsilon, learning rate) stretch, so the continuation is not the run the old target planned",
+            stacklevel=3,
+        )
+
+
+def load_checkpoint(
+    checkpoint: Checkpoint, env: DummyVecEnv, algo: str, device: str
+) -> tuple[BaseAlgorithm, dict]:
+    """Load a latest checkpoint and put back everything an exact continuation needs."""
+    # env=None, then set_env: loading with an env would reseed it and break the continuation.
+    model = ALGORITHMS[algo].load(checkpoint.model, env=None, device=device)
+    model.set_env(env, force_reset=False)
+    if checkpoint.replay_buffer.is_file():
+        model.load_replay_buffer(checkpoint.replay_buffer)
+    extra = restore(model, pickle.loads(checkpoint.state.read_bytes()))
+    return model, extra
+
+
+def train(
+    config: ExperimentConfig,
+    run_dir: str | Path | None = None,
+    *,
+    max_wall_time: float | None = None,
+    disk_budget: int | None = None,
+    device: str = "auto",
+    force_resume: bool = False,
+    progress_bar: bool = False,
+    torch_threads: int | None = 1,
+    log=print,
+) -> TrainResult:
+    """Train (or resume) the agent the config describes; see the module docstring.
+
+    :param max_wall_time: seconds this session may run; it stops cleanly, interrupted, before.
+    :param disk_budget: bytes the run dir may hold (default: 18 GB on Kaggle, unlimited elsewhere).
+    :param torch_threads: torch CPU threads; 1 (default) is fastest for these small networks and
+        immune to oversubscription on shared machines. None leaves torch's default.
+    """
+    if torch_threads is not None:
+        th.set_num_threads(torch_threads)
+    t = config.training
+    run_dir = Path(run_dir) if run_dir is not None else default_run_dir(config)
+    checkpoint_freq = t.checkpoints.checkpoint_freq or adaptive_checkpoint_freq(t.total_timesteps)
+    eval_freq = t.checkpoints.eval_freq or 5 * checkpoint_freq
+    if eval_freq < checkpoint_freq:
+        raise UserError(f"eval_freq ({eval_freq}) must be >= checkpoint_freq ({checkpoint_freq})")
+    if disk_budget is None and on_kaggle():
+        disk_budget = KAGGLE_DISK_BUDGET
+    manager = CheckpointManager(run_dir, t.name, t.checkpoints.keep_latest, disk_budget)
+
+    # 1. New run, or resume?
+    previous = manager.read_metadata()
+    latest = None
+    if previous is None and run_dir.exists() and any(run_dir.iterdir()):
+        raise UserError(f"{run_dir} exists, is not empty and holds no {manager.metadata_path.name}; "
+                        "choose an empty or new --run-dir")  # fmt: skip
+    if previous is not None:
+        check_same_experiment(previous, config, run_dir)
+        if previous.get("status") == DIVERGED and not force_resume:
+            raise UserError(DIVERGED_ADVICE)
+        latest = manager.latest_valid()
+        if previous.get("status") == COMPLETED and latest and latest.step >= t.total_timesteps:
+            log(f"{run_dir}: already completed ({latest.step} / {t.total_timesteps} steps); nothing to do")
+            return TrainResult(run_dir, COMPLETED, latest.step, t.total_timesteps, None, EXIT_COMPLETED)
+
+    # 2. Envs.
+    eval_env = make_eval_env(config)
+    train_env = make_train_env(config)
+
+    # 3. Agent.
+    tensorboard = str(run_dir / "tensorboard")
+    extra: dict = {}
+    if latest is not None:
+        model, extra = load_checkpoint(latest, train_env, t.algo, device)
+        model.tensorboard_log = tensorboard
+        log(f"Resuming {run_dir} from its latest checkpoint: {model.num_timesteps} steps done, "
+            f"{t.total_timesteps - model.num_timesteps} remaining")  # fmt: skip
+    else:
+        if previous is not None:
+            log(f"{run_dir}: no valid checkpoint yet; starting from scratch")
+        model = build_model(t, train_env, device, tensorboard)
+    record = RunRecord.start(
+        manager,
+        previous,
+        name=t.name,
+        algo=t.algo,
+        seed=t.seed,
+        config=to_dict(config),
+        device=str(model.device),
+        timesteps={"done": model.num_timesteps, "target": t.total_timesteps},
+        checkpoint_freq=checkpoint_freq,
+        eval_freq=eval_freq,
+        disk_budget_bytes=disk_budget,
+    )
+    manager.on_event = record.checkpoint_event
+
+    # 4. Learn under the three-level checkpoint callbacks.
+    stop = StopRequest(max_wall_time)
+    evaluator = EvalCallback(
+        eval_env,
+        manager,
+        eval_freq,
+        t.checkpoints.n_eval_episodes,
+        on_evaluation=lambda r: record.evaluation(r, evaluator.history, evaluator.best, model.num_timesteps),
+        collapse_patience=t.checkpoints.collapse_patience,
+        collapse_drop=t.checkpoints.collapse_drop,
+    )
+    if "eval" in extra:
+        evaluator.load_state(extra["eval"], manager.read_best())
+    saver = CheckpointCallback(manager, checkpoint_freq, stop, evaluator)
+    status, reason, code = COMPLETED, None, EXIT_COMPLETED
+    with stop.catching_signals():
+        try:
+            model.learn(
+                total_timesteps=t.total_timesteps - model.num_timesteps,
+                callback=[KPILoggerCallback(), evaluator, saver],
+                reset_num_timesteps=latest is None,
+                tb_log_name=t.name,
+                progress_bar=progress_bar,
+            )
+            if saver.halted:
+                status, reason, code = INTERRUPTED, stop.reason, EXIT_INTERRUPTED
+            else:
+                # 5. Completed: evaluate and checkpoint the final step too, then the final model.
+                if not evaluator.history or evaluator.history[-1]["step"] != model.num_timesteps:
+                    evaluator.evaluate()
+                if saver.last_saved_step != model.num_timesteps:
+                    saver.save()
+                manager.wait()
+                manager.save_final(model_bytes(model))
+        except DivergenceError as exc:
+            status, reason, code = DIVERGED, str(exc), EXIT_DIVERGED
+        except DiskBudgetExceeded as exc:
+            status, reason, code = INTERRUPTED, str(exc), EXIT_DISK_BUDGET
+        except BaseException as exc:  # a crash: record it, keep the checkpoints, re-raise
+            manager.wait()
+            record.finish(INTERRUPTED, model.num_timesteps, f"crashed: {exc!r}")
+            raise
+        finally:
+            manager.wait()
+    record.finish(status, model.num_timesteps, reason, best=evaluator.best, evaluations=evaluator.history)
+    log(
+        f"{run_dir}: {status} at {model.num_timesteps} / {t.total_timesteps} steps"
+        + (f" ({reason})" if reason else "")
+    )
+    return TrainResult(run_dir, status, model.num_timesteps, t.total_timesteps, reason, code)
