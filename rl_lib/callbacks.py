@@ -159,6 +159,7 @@ class EvalCallback(BaseCallback):
         self.history.append(record)
         self.logger.record("eval/mean_reward", record["mean_reward"])
         self.logger.record("eval/completion_rate", record["completion_rate"])
+        self.logger.dump(step)  # written at the evaluation's own step, as SB3's EvalCallback does
         if improved:
             self.best = {k: record[k] for k in ("step", "mean_reward", "std_reward")}
             self.manager.save_best(model_bytes(self.model), self.best)

@@ -175,9 +175,10 @@ class CheckpointManager:
         used = folder_bytes(self.run_dir) if self.run_dir.exists() else 0
         peak = used + self._pending_bytes + new_bytes
         if peak > self.disk_budget_bytes:
+            mb, budget = 1e6, self.disk_budget_bytes
             raise DiskBudgetExceeded(
-                f"saving {what} ({new_bytes / 1e6:.1f} MB) would bring the run dir to {peak / 1e6:.1f} MB, "
-                f"over its budget of {self.disk_budget_bytes / 1e6:.1f} MB; raise --disk-budget or free space"
+                f"saving {what} ({new_bytes / mb:.1f} MB) would bring the run dir to {peak / mb:.1f} MB, "
+                f"over its disk budget ({budget / mb:.1f} MB); raise --disk-budget or free space"
             )
 
     def save_latest(self, step: int, files: dict[str, bytes]) -> None:

@@ -68,7 +68,7 @@ def cmd_train(args: argparse.Namespace) -> int:
     if overrides:  # validated like the file itself
         data = to_dict(cfg)
         data["training"].update(overrides)
-        cfg = from_dict(ExperimentConfig, data, where="command line")
+        cfg = from_dict(ExperimentConfig, data, source="command line")
     if args.quick:
         cfg = quick(cfg)
     try:
@@ -105,7 +105,7 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     model = load_model(run_dir, args.which, device="cpu")
     metadata = next(run_dir.glob("*_training_metadata.json"))
     meta = json.loads(metadata.read_text())
-    cfg = from_dict(ExperimentConfig, meta["config"], where=str(metadata))
+    cfg = from_dict(ExperimentConfig, meta["config"], source=str(metadata))
     days = _test_days(SyntheticScenario(cfg.scenario), "test", args.days)
     agent = evaluate_agent(model, DispatchEnv(days=days, reward=cfg.reward), len(days))
     agent.insert(0, "policy", f"{meta['algo']} ({args.which})")

@@ -28,8 +28,17 @@ def bounded(default: Any, *, min: float | None = None, max: float | None = None,
     return dataclasses.field(default=default, metadata=meta, **kw)
 
 
-def from_dict(cls: type[T], data: Any, where: str = "") -> T:
-    """Build dataclass ``cls`` from a mapping, validating every key."""
+def from_dict(cls: type[T], data: Any, where: str = "", source: str | None = None) -> T:
+    """Build dataclass ``cls`` from a mapping, validating every key.
+
+    :param where: dotted key prefix of ``data`` inside a larger config.
+    :param source: where the data came from (a file, "command line"); prefixes every error.
+    """
+    if source is not None:
+        try:
+            return from_dict(cls, data, where)
+        except ConfigError as exc:
+            raise ConfigError(f"{source}: {exc}") from None
     if data is None:
         data = {}
     if not isinstance(data, dict):

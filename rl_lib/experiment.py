@@ -106,4 +106,4 @@ def load_experiment(path: str | Path | None) -> ExperimentConfig:
     """Load and validate an experiment YAML; None gives the built-in defaults."""
     if path is None:
         return ExperimentConfig()
-    return from_dict(ExperimentConfig, load_yaml(path), where=str(path))
+    return from_dict(ExperimentConfig, load_yaml(path), source=str(path))

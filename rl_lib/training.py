@@ -248,13 +248,12 @@ def train(
             status, reason, code = INTERRUPTED, str(exc), EXIT_DISK_BUDGET
         except BaseException as exc:  # a crash: record it, keep the checkpoints, re-raise
             manager.wait()
-            record.finish(INTERRUPTED, model.num_timesteps, f"crashed: {exc!r}")
+            record.finish(INTERRUPTED, saver.last_saved_step or 0, f"crashed: {exc!r}")
             raise
         finally:
             manager.wait()
-    record.finish(status, model.num_timesteps, reason, best=evaluator.best, evaluations=evaluator.history)
-    log(
-        f"{run_dir}: {status} at {model.num_timesteps} / {t.total_timesteps} steps"
-        + (f" ({reason})" if reason else "")
-    )
-    return TrainResult(run_dir, status, model.num_timesteps, t.total_timesteps, reason, code)
+    # After a stop, the steps taken since the last checkpoint are discarded: report what is saved.
+    done = model.num_timesteps if status == COMPLETED else (saver.last_saved_step or 0)
+    record.finish(status, done, reason, best=evaluator.best, evaluations=evaluator.history)
+    log(f"{run_dir}: {status} at {done} / {t.total_timesteps} steps" + (f" ({reason})" if reason else ""))
+    return TrainResult(run_dir, status, done, t.total_timesteps, reason, code)

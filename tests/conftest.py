@@ -61,3 +61,57 @@ def hand_day() -> Day:
 @pytest.fixture(scope="session")
 def test_days() -> list[Day]:
     return SyntheticScenario().days("test", 3)
+
+
+#: A small experiment that trains in seconds: 4 vehicles, ~30 bookings a day, a tiny network.
+TINY_EXPERIMENT = {
+    "scenario": {
+        "demand": {"advance_per_day": 20, "same_day_per_day": 10},
+        "fleet": {"n_cars": 2, "n_wheelchair_vans": 1, "n_stretcher_units": 1},
+        "splits": {"train_days": 20, "validation_days": 3, "test_days": 3},
+    },
+    "training": {
+        "name": "tiny",
+        "total_timesteps": 600,
+        "dqn": {
+            "net_arch": [32, 32],
+            "learning_starts": 50,
+            "buffer_size": 1000,
+            "target_update_interval": 100,
+            "batch_size": 16,
+            "train_freq": 2,
+        },
+        "checkpoints": {"checkpoint_freq": 100, "eval_freq": 200, "n_eval_episodes": 2},
+    },
+}
+
+
+def tiny_config(**training):
+    """The tiny experiment, with ``training`` keys overridden (nested dicts merge one level)."""
+    import copy
+
+    from rl_lib.config import from_dict
+    from rl_lib.experiment import ExperimentConfig
+
+    data = copy.deepcopy(TINY_EXPERIMENT)
+    for key, value in training.items():
+        if isinstance(value, dict):
+            data["training"].setdefault(key, {}).update(value)
+        else:
+            data["training"][key] = value
+    return from_dict(ExperimentConfig, data)
+
+
+@pytest.fixture
+def tiny_yaml(tmp_path):
+    """Write the tiny experiment (optionally overridden) to a YAML file; returns its path."""
+    import yaml
+
+    from rl_lib.config import to_dict
+
+    def write(**training):
+        path = tmp_path / "tiny.yaml"
+        path.write_text(yaml.safe_dump(to_dict(tiny_config(**training))))
+        return path
+
+    return write

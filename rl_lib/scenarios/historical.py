@@ -572,7 +572,7 @@ def fit_scenario(
     )
     fitted = replace(base, name=f"{base.name}-fitted", demand=demand, geography=geography)
     # Through the YAML-facing validation: the result saves and loads back unchanged.
-    return from_dict(ScenarioConfig, to_dict(fitted), where="fitted scenario")
+    return from_dict(ScenarioConfig, to_dict(fitted), source="fitted scenario")
 
 
 def _r(x: float, digits: int = 4) -> float:

@@ -1,0 +1,309 @@
+"""Training and the three-level checkpoint system: layout, rotation, exact resume, crash safety,
+budgets, signals and divergence."""
+
+from __future__ import annotations
+
+import json
+import os
+import random
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch as th
+from conftest import tiny_config
+
+from rl_lib.agents import MaskableDQN, load_model
+from rl_lib.checkpoints import CheckpointManager, adaptive_checkpoint_freq
+from rl_lib.cli import main
+from rl_lib.errors import UserError
+from rl_lib.training import EXIT_DISK_BUDGET, EXIT_DIVERGED, EXIT_INTERRUPTED, train
+
+ROOT = Path(__file__).resolve().parents[1]
+QUIET = {"log": lambda *a: None}
+
+
+def metadata(run_dir: Path, name: str = "tiny") -> dict:
+    return json.loads((run_dir / f"{name}_training_metadata.json").read_text())
+
+
+def weights(path: Path) -> dict[str, th.Tensor]:
+    return MaskableDQN.load(path, device="cpu").policy.state_dict()
+
+
+def assert_bitwise_equal(a: Path, b: Path) -> None:
+    wa, wb = weights(a), weights(b)
+    assert wa.keys() == wb.keys()
+    for key in wa:
+        assert th.equal(wa[key], wb[key]), key
+
+
+def start_cli(args: list[str]) -> subprocess.Popen:
+    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+    return subprocess.Popen([sys.executable, "-m", "rl_lib.cli", "train", *args], cwd=ROOT, env=env,
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)  # fmt: skip
+
+
+def wait_for(predicate, process: subprocess.Popen, timeout: float = 120.0, poll: float = 0.002) -> bool:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if predicate():
+            return True
+        if process.poll() is not None:
+            return False
+        time.sleep(poll)
+    raise TimeoutError("the condition never came")
+
+
+@pytest.fixture(scope="module")
+def reference_run(tmp_path_factory) -> Path:
+    """The tiny experiment trained without interruption."""
+    run_dir = tmp_path_factory.mktemp("reference") / "run"
+    result = train(tiny_config(), run_dir, **QUIET)
+    assert result.status == "completed"
+    return run_dir
+
+
+def test_adaptive_checkpoint_frequency():
+    assert [adaptive_checkpoint_freq(n) for n in (2, 4_999, 5_000, 19_999, 20_000, 10**6)] == [
+        100, 100, 500, 500, 1_000, 1_000,
+    ]  # fmt: skip
+
+
+def test_layout_rotation_and_metadata(reference_run):
+    ckpt = reference_run / "checkpoints"
+    names = sorted(p.name for p in ckpt.iterdir())
+    assert names == sorted(
+        f"tiny_checkpoint_{n}_steps{suffix}"
+        for n in (500, 600)
+        for suffix in (".zip", "_replay_buffer.pkl", "_state.pkl", ".manifest.json")
+    )
+    assert (reference_run / "best_model" / "best_model.zip").is_file()
+    assert (reference_run / "tiny_final.zip").is_file()
+    meta = metadata(reference_run)
+    assert meta["status"] == "completed" and meta["timesteps"] == {"done": 600, "target": 600}
+    saved = [e["step"] for e in meta["checkpoint_history"] if e["event"] == "saved"]
+    rotated = [e["step"] for e in meta["checkpoint_history"] if e["event"] == "rotated"]
+    assert saved == [100, 200, 300, 400, 500, 600] and rotated == [100, 200, 300, 400]
+    assert [e["step"] for e in meta["evaluations"]] == [200, 400, 600]
+    best = max(meta["evaluations"], key=lambda e: e["mean_reward"])
+    assert meta["best"]["step"] == best["step"] and meta["best"]["mean_reward"] == best["mean_reward"]
+    for key in ("config", "seed", "versions", "device", "wall_time_s", "resume_count", "description"):
+        assert key in meta
+    assert meta["versions"]["torch"].startswith("2.13.0")
+    # Only the filled part of the replay buffer is stored: 600 of 1000 transitions.
+    buffer = ckpt / "tiny_checkpoint_500_steps_replay_buffer.pkl"
+    assert buffer.stat().st_size < 0.7 * 1000 * 2 * 4 * 39  # obs of 39 floats, twice, full
+
+
+def test_quick_mode_gives_the_exact_file_set(tmp_path, capsys):
+    run_dir = tmp_path / "quick"
+    assert (
+        main(["train", "--quick", "--run-dir", str(run_dir), "--config", str(ROOT / "configs/dqn.yaml")]) == 0
+    )
+    files = sorted(
+        str(p.relative_to(run_dir))
+        for p in run_dir.rglob("*")
+        if p.is_file() and "tensorboard" not in p.parts
+    )
+    assert files == sorted(
+        [f"checkpoints/dqn_checkpoint_{n}_steps{s}" for n in (1, 2)
+         for s in (".zip", "_replay_buffer.pkl", "_state.pkl", ".manifest.json")]
+        + ["best_model/best_model.zip", "best_model/best_model.json", "dqn_final.zip",
+           "dqn_training_metadata.json"]
+    )  # fmt: skip
+    assert metadata(run_dir, "dqn")["timesteps"] == {"done": 2, "target": 2}
+
+
+def test_killed_and_resumed_run_is_bitwise_equal_to_an_uninterrupted_one(reference_run, tiny_yaml, tmp_path):
+    run_dir = tmp_path / "killed"
+    proc = start_cli(["--config", str(tiny_yaml()), "--run-dir", str(run_dir)])
+    manifest = run_dir / "checkpoints" / "tiny_checkpoint_300_steps.manifest.json"
+    wait_for(manifest.exists, proc)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    result = train(tiny_config(), run_dir, **QUIET)
+    assert result.status == "completed" and result.timesteps == 600
+    meta = metadata(run_dir)
+    assert meta["resume_count"] == 1
+    assert_bitwise_equal(reference_run / "tiny_final.zip", run_dir / "tiny_final.zip")
+    assert meta["best"] == metadata(reference_run)["best"]
+
+
+def test_sigkill_at_random_points_and_during_saves_loses_nothing_but_recent_work(tiny_yaml, tmp_path):
+    rng = random.Random(7)
+    config = tiny_yaml(checkpoints={"checkpoint_freq": 20, "eval_freq": 100})
+    run_dir = tmp_path / "chaos"
+    ckpt = run_dir / "checkpoints"
+    for attempt in range(4):
+        proc = start_cli(["--config", str(config), "--run-dir", str(run_dir)])
+        if attempt % 2 == 0:  # during a save: as soon as a temporary file appears
+            wait_for(lambda: ckpt.is_dir() and any(p.name.endswith(".tmp") for p in ckpt.iterdir()), proc)
+        else:
+            time.sleep(rng.uniform(3.0, 6.0))  # somewhere in training (start-up takes ~3 s)
+        proc.send_signal(signal.SIGKILL)
+        proc.wait()
+    result = train(tiny_config(checkpoints={"checkpoint_freq": 20, "eval_freq": 100}), run_dir, **QUIET)
+    assert result.status == "completed" and result.timesteps == 600
+    assert metadata(run_dir)["timesteps"]["done"] == 600
+    assert load_model(run_dir, "best").num_timesteps > 0
+    assert not list(ckpt.glob(".*.tmp"))
+    assert len(list(ckpt.glob("*.manifest.json"))) == 2
+
+
+def test_corrupted_latest_checkpoint_falls_back_to_the_previous_one(reference_run, tmp_path):
+    import shutil
+
+    run_dir = tmp_path / "corrupt"
+    shutil.copytree(reference_run, run_dir)
+    model = run_dir / "checkpoints" / "tiny_checkpoint_600_steps.zip"
+    model.write_bytes(model.read_bytes()[: model.stat().st_size // 2])  # truncated
+    manager = CheckpointManager(run_dir, "tiny")
+    with pytest.warns(UserWarning, match="step 600 is not usable"):
+        latest = manager.latest_valid()
+    assert latest.step == 500
+    buffer = run_dir / "checkpoints" / "tiny_checkpoint_500_steps_replay_buffer.pkl"
+    data = bytearray(buffer.read_bytes())
+    data[100] ^= 0xFF  # one flipped bit
+    buffer.write_bytes(bytes(data))
+    with pytest.warns(UserWarning) as caught:
+        assert manager.latest_valid() is None
+    assert [str(w.message).split(" (")[0] for w in caught] == [
+        "checkpoint at step 600 is not usable", "checkpoint at step 500 is not usable",
+    ]  # fmt: skip
+
+
+def test_wall_time_budget_stops_cleanly_and_the_run_resumes(reference_run, tmp_path, capsys):
+    run_dir = tmp_path / "budget"
+    config = tiny_config(total_timesteps=5_000)
+    result = train(config, run_dir, max_wall_time=2.0, **QUIET)
+    assert result.status == "interrupted" and result.exit_code == EXIT_INTERRUPTED
+    assert "wall-time budget" in result.reason
+    meta = metadata(run_dir)
+    assert meta["status"] == "interrupted"
+    latest = CheckpointManager(run_dir, "tiny").latest_valid()
+    assert latest is not None and latest.step == result.timesteps
+    again = train(config, run_dir, **QUIET)
+    assert again.status == "completed" and again.timesteps == 5_000
+
+
+def test_sigterm_saves_and_exits_interrupted(tiny_yaml, tmp_path):
+    run_dir = tmp_path / "term"
+    proc = start_cli(["--config", str(tiny_yaml(total_timesteps=100_000)), "--run-dir", str(run_dir)])
+    wait_for((run_dir / "checkpoints" / "tiny_checkpoint_100_steps.manifest.json").exists, proc)
+    proc.send_signal(signal.SIGTERM)
+    output, _ = proc.communicate(timeout=60)
+    assert proc.returncode == EXIT_INTERRUPTED, output
+    meta = metadata(run_dir)
+    assert meta["status"] == "interrupted" and "SIGTERM" in meta["stop_reason"]
+    assert CheckpointManager(run_dir, "tiny").latest_valid().step == meta["timesteps"]["done"]
+
+
+def test_best_score_survives_a_resume_and_is_never_overwritten_by_a_worse_model(tmp_path):
+    run_dir = tmp_path / "best"
+    config = tiny_config(total_timesteps=3_000)
+    first = train(config, run_dir, max_wall_time=2.0, **QUIET)
+    assert first.status == "interrupted"
+    manager = CheckpointManager(run_dir, "tiny")
+    # Pretend a better model was saved after the last checkpoint, then the process died.
+    record = json.loads((run_dir / "best_model" / "best_model.json").read_text())
+    record["mean_reward"] = 1e9
+    (run_dir / "best_model" / "best_model.json").write_text(json.dumps(record))
+    before = (run_dir / "best_model" / "best_model.zip").read_bytes()
+    assert manager.read_best()["mean_reward"] == 1e9
+    train(config, run_dir, **QUIET)
+    assert (run_dir / "best_model" / "best_model.zip").read_bytes() == before
+    assert metadata(run_dir)["best"]["mean_reward"] == 1e9
+
+
+def test_injected_nan_stops_as_diverged_and_resume_is_refused(tmp_path, monkeypatch):
+    run_dir = tmp_path / "nan"
+    original = MaskableDQN.train
+
+    def poisoned(self, gradient_steps, batch_size=100):
+        if self.num_timesteps >= 250:
+            with th.no_grad():
+                next(self.q_net.parameters()).fill_(float("nan"))
+        return original(self, gradient_steps, batch_size)
+
+    monkeypatch.setattr(MaskableDQN, "train", poisoned)
+    result = train(tiny_config(), run_dir, **QUIET)
+    assert result.status == "diverged" and result.exit_code == EXIT_DIVERGED
+    assert "non-finite" in result.reason
+    # The diverged weights never reached a checkpoint.
+    latest = CheckpointManager(run_dir, "tiny").latest_valid()
+    assert latest.step <= 250
+    assert all(th.isfinite(v).all() for v in weights(latest.model).values())
+    monkeypatch.setattr(MaskableDQN, "train", original)
+    with pytest.raises(UserError, match="Lower the learning rate"):
+        train(tiny_config(), run_dir, **QUIET)
+    assert train(tiny_config(), run_dir, force_resume=True, **QUIET).status == "completed"
+
+
+def test_disk_budget_refuses_a_save_loudly(tmp_path):
+    run_dir = tmp_path / "disk"
+    result = train(tiny_config(), run_dir, disk_budget=200_000, **QUIET)
+    assert result.exit_code == EXIT_DISK_BUDGET and result.status == "interrupted"
+    assert "disk budget" in result.reason and "--disk-budget" in result.reason
+    total = sum(p.stat().st_size for p in run_dir.rglob("*") if p.is_file() and "tensorboard" not in p.parts)
+    assert total <= 200_000
+
+
+def test_resume_refuses_a_different_configuration(reference_run, tmp_path):
+    import shutil
+
+    run_dir = tmp_path / "other"
+    shutil.copytree(reference_run, run_dir)
+    with pytest.raises(UserError, match="training.dqn differs"):
+        train(tiny_config(dqn={"learning_rate": 0.5}), run_dir, **QUIET)
+    assert train(tiny_config(), run_dir, **QUIET).status == "completed"  # already done: nothing to do
+
+
+def test_train_cli_rejects_bad_input_with_one_line_and_writes_nothing(tmp_path, tiny_yaml, capsys):
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("training:\n  dqn:\n    gamma: 1.5\n")
+    run_dir = tmp_path / "never"
+    assert main(["train", "--config", str(bad), "--run-dir", str(run_dir)]) == 2
+    assert capsys.readouterr().err.strip() == (
+        f"rl-lib: error: {bad}: training.dqn.gamma: 1.5 is above the maximum 1.0"
+    )
+    assert (
+        main(["train", "--config", str(tiny_yaml()), "--run-dir", str(run_dir), "--disk-budget", "lots"]) == 2
+    )
+    assert "--disk-budget" in capsys.readouterr().err
+    assert not run_dir.exists()
+
+
+def test_tensorboard_curves_continue_in_the_same_folder_after_a_resume(tmp_path):
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    run_dir = tmp_path / "tb"
+    config = tiny_config(total_timesteps=3_000)
+    assert train(config, run_dir, max_wall_time=2.0, **QUIET).status == "interrupted"
+    train(config, run_dir, **QUIET)
+    folders = list((run_dir / "tensorboard").iterdir())
+    assert [f.name for f in folders] == ["tiny_1"]
+    steps = []
+    for events in sorted(folders[0].glob("events.*")):
+        acc = EventAccumulator(str(events))
+        acc.Reload()
+        if "eval/mean_reward" in acc.Tags()["scalars"]:
+            steps += [e.step for e in acc.Scalars("eval/mean_reward")]
+    assert sorted(set(steps)) == list(range(200, 3_001, 200))
+
+
+def test_maskable_ppo_trains_checkpoints_and_loads_from_its_metadata(tmp_path):
+    run_dir = tmp_path / "ppo"
+    config = tiny_config(algo="maskable_ppo", name="ppo", total_timesteps=256,
+                         ppo={"n_steps": 64, "batch_size": 32, "n_epochs": 1, "net_arch": [16]},
+                         checkpoints={"checkpoint_freq": 64, "eval_freq": 128})  # fmt: skip
+    result = train(config, run_dir, **QUIET)
+    assert result.status == "completed"
+    model = load_model(run_dir, "best")
+    assert type(model).__name__ == "MaskablePPO"
+    assert not list((run_dir / "checkpoints").glob("*_replay_buffer.pkl"))
+    assert np.isfinite(metadata(run_dir, "ppo")["best"]["mean_reward"])
