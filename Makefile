@@ -18,8 +18,14 @@ $(STAMP): pyproject.toml
 	$(BIN)/python -m pip install --quiet -e ".[dev]"
 	touch $(STAMP)
 
+# The main job: a masked DQN trained for a few minutes (three-level checkpoints in the run dir;
+# rerunning resumes or, once completed, skips), then its best model next to every baseline and
+# the hindsight bound on 30 test days.
+QUICKSTART_RUN := results/quickstart/dqn
+
 quickstart: venv
-	$(BIN)/rl-lib baselines --days 10
+	$(BIN)/rl-lib train --config configs/dqn_quickstart.yaml --run-dir $(QUICKSTART_RUN) --no-progress
+	$(BIN)/rl-lib evaluate $(QUICKSTART_RUN) --days 30
 
 test: venv lint
 	$(BIN)/python -m pytest -q
@@ -30,6 +36,7 @@ lint: venv
 
 bench: venv
 	$(BIN)/rl-lib bench env
+	$(BIN)/rl-lib bench train
 
 clean:
 	rm -rf $(VENV) build *.egg-info .pytest_cache .ruff_cache

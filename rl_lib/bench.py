@@ -77,3 +77,103 @@ def machine_description() -> str:
     import os
 
     return f"{platform.machine()}, {os.cpu_count()} logical CPUs, Python {platform.python_version()}"
+
+
+# ----------------------------------------------------------------------------- training
+
+
+@dataclass(frozen=True)
+class TrainRates:
+    cartpole_dqn_steps_per_s: float
+    dispatch_dqn_steps_per_s: float
+    dispatch_maskable_dqn_steps_per_s: float
+    ratio: float  # median over rounds: plain DQN on DispatchEnv / DQN on CartPole
+    masked_ratio: float  # MaskableDQN on DispatchEnv / DQN on CartPole
+    rounds: int
+    steps_per_round: int
+
+
+def _dqn_kwargs(dqn_config) -> dict:
+    d = dqn_config
+    return dict(
+        learning_rate=d.learning_rate, buffer_size=d.buffer_size, learning_starts=d.learning_starts,
+        batch_size=d.batch_size, gamma=d.gamma, train_freq=d.train_freq, gradient_steps=d.gradient_steps,
+        target_update_interval=d.target_update_interval, exploration_fraction=d.exploration_fraction,
+        exploration_final_eps=d.exploration_final_eps, policy_kwargs={"net_arch": list(d.net_arch)},
+        device="cpu", seed=0,
+    )  # fmt: skip
+
+
+def measure_train_rates(steps: int = 5_000, rounds: int = 3, dqn_config=None) -> TrainRates:
+    """SB3 DQN steps/s on CartPole-v1 and on DispatchEnv, same network and settings, interleaved."""
+    import torch as th
+    from stable_baselines3 import DQN
+
+    from rl_lib.agents import MaskableDQN
+    from rl_lib.envs import DispatchEnv
+    from rl_lib.experiment import DQNConfig
+
+    th.set_num_threads(1)
+    kwargs = _dqn_kwargs(dqn_config or DQNConfig())
+    days = SyntheticScenario().split_days("train")
+
+    def rate(algo, env) -> float:
+        model = algo("MlpPolicy", env, **kwargs)
+        start = time.perf_counter()
+        model.learn(steps)
+        return steps / (time.perf_counter() - start)
+
+    cp, dq, mq = [], [], []
+    for _ in range(rounds):
+        cp.append(rate(DQN, gym.make("CartPole-v1")))
+        dq.append(rate(DQN, DispatchEnv(days=days)))
+        mq.append(rate(MaskableDQN, DispatchEnv(days=days)))
+    cp_, dq_, mq_ = np.array(cp), np.array(dq), np.array(mq)
+    return TrainRates(
+        float(np.median(cp_)), float(np.median(dq_)), float(np.median(mq_)),
+        float(np.median(dq_ / cp_)), float(np.median(mq_ / cp_)), rounds, steps,
+    )  # fmt: skip
+
+
+@dataclass(frozen=True)
+class FullBufferCosts:
+    buffer_mb: float
+    snapshot_s: float  # training-thread stall per checkpoint (model + buffer + state to memory)
+    write_s: float  # background write of that checkpoint (files, fsync, manifest)
+    resume_s: float  # start-up: find and verify the latest checkpoint, load model + buffer, restore
+
+
+def measure_full_buffer_costs(work_dir, buffer_size: int = 100_000) -> FullBufferCosts:
+    """Checkpoint snapshot, write and resume start-up with a full replay buffer of the default agent."""
+    from pathlib import Path
+
+    from rl_lib.agents import build_model
+    from rl_lib.callbacks import CheckpointCallback, EvalCallback, StopRequest
+    from rl_lib.checkpoints import CheckpointManager
+    from rl_lib.config import from_dict
+    from rl_lib.experiment import ExperimentConfig
+    from rl_lib.training import load_checkpoint, make_eval_env, make_train_env
+
+    cfg = from_dict(ExperimentConfig, {"training": {"dqn": {"buffer_size": buffer_size}}})
+    env = make_train_env(cfg)
+    model = build_model(cfg.training, env, device="cpu")
+    model.learn(200)  # a real _last_obs, env mid-episode
+    buffer = model.replay_buffer
+    rng = np.random.default_rng(0)
+    buffer.observations[:] = rng.random(buffer.observations.shape, dtype=np.float32)
+    buffer.next_observations[:] = buffer.observations
+    buffer.full = True
+    manager = CheckpointManager(Path(work_dir), "bench")
+    evaluator = EvalCallback(make_eval_env(cfg), manager, 1, 1, on_evaluation=lambda r: None)
+    saver = CheckpointCallback(manager, 1, StopRequest(), evaluator)
+    saver.init_callback(model)
+    saver.save()
+    snapshot_s = saver.stall_seconds
+    manager.wait()
+    write_s = manager.last_save_seconds
+    size = manager.latest_valid().replay_buffer.stat().st_size / 1e6
+    start = time.perf_counter()
+    latest = manager.latest_valid()
+    load_checkpoint(latest, make_train_env(cfg), "dqn", "cpu")
+    resume_s = time.perf_counter() - start
+    return FullBufferCosts(size, snapshot_s, write_s, resume_s)

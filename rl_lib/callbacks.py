@@ -194,6 +194,7 @@ class CheckpointCallback(BaseCallback):
         self.eval_callback = eval_callback
         self.last_saved_step: int | None = None
         self.halted = False
+        self.stall_seconds = 0.0  # training-thread time spent saving (snapshot + waiting for the writer)
 
     def _on_training_start(self) -> None:
         self.last_saved_step = self.num_timesteps  # a resumed run starts on its checkpoint
@@ -208,6 +209,7 @@ class CheckpointCallback(BaseCallback):
 
     def save(self) -> None:
         """Snapshot now (in memory), write in the background."""
+        start = time.perf_counter()
         check_finite_weights(self.model)
         files = {MODEL_SUFFIX: model_bytes(self.model)}
         buffer = replay_buffer_bytes(self.model)
@@ -216,6 +218,7 @@ class CheckpointCallback(BaseCallback):
         files[STATE_SUFFIX] = state_bytes(capture(self.model, {"eval": self.eval_callback.state()}))
         self.manager.save_latest(self.num_timesteps, files)
         self.last_saved_step = self.num_timesteps
+        self.stall_seconds += time.perf_counter() - start
 
     def _on_step(self) -> bool:
         return not self.halted

@@ -147,6 +147,34 @@ def cmd_bench_env(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_bench_train(args: argparse.Namespace) -> int:
+    import tempfile
+
+    from rl_lib.bench import machine_description, measure_full_buffer_costs, measure_train_rates
+
+    print(f"machine: {machine_description()}; torch threads: 1")
+    rates = measure_train_rates(steps=args.steps, rounds=args.rounds)
+    print(f"SB3 DQN on CartPole-v1:          {rates.cartpole_dqn_steps_per_s:8.0f} steps/s")
+    print(f"SB3 DQN on DispatchEnv:          {rates.dispatch_dqn_steps_per_s:8.0f} steps/s")
+    print(f"MaskableDQN on DispatchEnv:      {rates.dispatch_maskable_dqn_steps_per_s:8.0f} steps/s")
+    print(
+        f"ratio to CartPole (median of {rates.rounds} interleaved rounds of {rates.steps_per_round} steps, "
+        f"default network and settings): {rates.ratio:.3f} (DQN), {rates.masked_ratio:.3f} (MaskableDQN); "
+        "target >= 0.85"
+    )
+    with tempfile.TemporaryDirectory() as tmp:
+        costs = measure_full_buffer_costs(tmp)
+    per_1000 = 1000 / rates.dispatch_maskable_dqn_steps_per_s
+    print(
+        f"full 100k replay buffer: {costs.buffer_mb:.1f} MB on disk; training-thread stall per checkpoint "
+        f"{costs.snapshot_s:.3f} s, background write {costs.write_s:.3f} s; at the default frequency "
+        f"(1000 steps = {per_1000:.2f} s of training) the stall is {100 * costs.snapshot_s / per_1000:.1f} % "
+        "of wall time (target <= 3 %)"
+    )
+    print(f"resume start-up with the full buffer: {costs.resume_s:.2f} s (target <= 5 s)")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     from rl_lib.scenarios.historical import add_data_command
 
@@ -196,6 +224,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--days", type=int, default=30, help="test days for the KPI table (0: skip it)")
     p.add_argument("--no-hindsight", action="store_true", help="skip the hindsight bound")
     p.set_defaults(func=cmd_bench_env)
+
+    p = bench.add_parser("train", help="DQN steps/s vs CartPole, checkpoint stall and resume start-up")
+    p.add_argument("--steps", type=positive_int, default=5_000, help="training steps per timing round")
+    p.add_argument("--rounds", type=positive_int, default=3, help="interleaved timing rounds")
+    p.set_defaults(func=cmd_bench_train)
 
     add_data_command(sub)
     return parser

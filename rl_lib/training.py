@@ -254,6 +254,8 @@ def train(
             manager.wait()
     # After a stop, the steps taken since the last checkpoint are discarded: report what is saved.
     done = model.num_timesteps if status == COMPLETED else (saver.last_saved_step or 0)
-    record.finish(status, done, reason, best=evaluator.best, evaluations=evaluator.history)
+    stalls = record.data.get("checkpoint_stall_s", 0.0) + saver.stall_seconds
+    record.finish(status, done, reason, best=evaluator.best, evaluations=evaluator.history,
+                  checkpoint_stall_s=round(stalls, 3), episodes=model._episode_num)  # fmt: skip
     log(f"{run_dir}: {status} at {done} / {t.total_timesteps} steps" + (f" ({reason})" if reason else ""))
     return TrainResult(run_dir, status, done, t.total_timesteps, reason, code)

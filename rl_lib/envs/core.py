@@ -128,12 +128,12 @@ class DispatchCore:
         # Per-booking constants used at every evaluation.
         boarding = np.asarray(day.rules.boarding_min)[b.mobility]
         alighting = np.asarray(day.rules.alighting_min)[b.mobility]
-        self._service_min = boarding + alighting
+        self._service_min = (boarding + alighting).tolist()
         self._compatible = COMPATIBLE[day.fleet.vehicle_type][:, b.mobility].T  # (n, K)
-        self._ride_free_min = day.travel.free_flow_min[b.pickup_node, b.dropoff_node]
+        self._ride_free_min = day.travel.free_flow_min[b.pickup_node, b.dropoff_node].tolist()
         self._ride_km = day.travel.distance_km[b.pickup_node, b.dropoff_node].tolist()
-        self._window_end = b.requested_pickup + b.window_min
-        self._requested = b.requested_pickup
+        self._window_end = (b.requested_pickup + b.window_min).tolist()
+        self._requested = b.requested_pickup.tolist()
         self._pickup_node = b.pickup_node.tolist()
         # Transposed copies: row j holds the times / distances *to* node j, contiguous.
         self._free_flow_to = np.ascontiguousarray(day.travel.free_flow_min.T)
@@ -167,12 +167,17 @@ class DispatchCore:
         pickup_node = self._pickup_node[booking]
         approach = self._free_flow_to[pickup_node].take(self.vehicle_node)
         approach *= self._congestion_by_minute.take(t0.astype(np.intp))
-        pickup = np.maximum(t0 + approach, self._requested[booking])  # leave just in time
-        lateness = np.maximum(pickup - self._window_end[booking], 0.0)
-        ride = self._ride_free_min[booking] * self._congestion_by_minute.take(pickup.astype(np.intp))
-        dropoff_end = pickup + self._service_min[booking] + ride
+        t0 += approach
+        pickup = np.maximum(t0, self._requested[booking], out=t0)  # leave just in time
+        lateness = pickup - self._window_end[booking]
+        np.maximum(lateness, 0.0, out=lateness)
+        dropoff_end = self._congestion_by_minute.take(pickup.astype(np.intp))
+        dropoff_end *= self._ride_free_min[booking]
+        dropoff_end += pickup
+        dropoff_end += self._service_min[booking]
         compatible = self._compatible[booking]
-        feasible = compatible & (lateness <= self._max_lateness) & (dropoff_end <= self._shift_end)
+        feasible = (lateness <= self._max_lateness) & (dropoff_end <= self._shift_end)
+        feasible &= compatible
         return Insertion(
             booking,
             now,

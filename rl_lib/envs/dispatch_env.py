@@ -188,6 +188,8 @@ class DispatchEnv(gym.Env):
             raise ValueError(f"day {day.day_id} holds no booking; remove it from the env's days")
         self._day_index = index
         self.day = day
+        self._n_bookings = day.n_bookings
+        self._decision_time = day.bookings.decision_time.tolist()  # floats: cheaper per step
         self.core.reset(self.day)
         self._static = self._booking_features(self.day)
         self._booking = 0
@@ -203,7 +205,7 @@ class DispatchEnv(gym.Env):
         else:
             outcome = self.core.assign(insertion, action)
         self._booking += 1
-        terminated = self._booking >= self.day.n_bookings
+        terminated = self._booking >= self._n_bookings
         status = outcome.status
         info: dict[str, Any] = {
             "outcome": {
@@ -224,7 +226,7 @@ class DispatchEnv(gym.Env):
             info["kpis"] = self.core.kpis()
         else:
             b = self._booking
-            self._insertion = self.core.evaluate(b, self.day.bookings.decision_time[b])
+            self._insertion = self.core.evaluate(b, self._decision_time[b])
             obs = self._observation()
             info["action_mask"] = self.action_masks()
         return obs, outcome.reward, terminated, False, info
