@@ -93,28 +93,17 @@ class TrainRates:
     steps_per_round: int
 
 
-def _dqn_kwargs(dqn_config) -> dict:
-    d = dqn_config
-    return dict(
-        learning_rate=d.learning_rate, buffer_size=d.buffer_size, learning_starts=d.learning_starts,
-        batch_size=d.batch_size, gamma=d.gamma, train_freq=d.train_freq, gradient_steps=d.gradient_steps,
-        target_update_interval=d.target_update_interval, exploration_fraction=d.exploration_fraction,
-        exploration_final_eps=d.exploration_final_eps, policy_kwargs={"net_arch": list(d.net_arch)},
-        device="cpu", seed=0,
-    )  # fmt: skip
-
-
 def measure_train_rates(steps: int = 5_000, rounds: int = 3, dqn_config=None) -> TrainRates:
     """SB3 DQN steps/s on CartPole-v1 and on DispatchEnv, same network and settings, interleaved."""
     import torch as th
     from stable_baselines3 import DQN
 
-    from rl_lib.agents import MaskableDQN
+    from rl_lib.agents import MaskableDQN, dqn_kwargs
     from rl_lib.envs import DispatchEnv
     from rl_lib.experiment import DQNConfig
 
     th.set_num_threads(1)
-    kwargs = _dqn_kwargs(dqn_config or DQNConfig())
+    kwargs = {**dqn_kwargs(dqn_config or DQNConfig()), "device": "cpu", "seed": 0}
     days = SyntheticScenario().split_days("train")
 
     def rate(algo, env) -> float:
@@ -161,7 +150,8 @@ def measure_full_buffer_costs(work_dir, buffer_size: int = 100_000) -> FullBuffe
     buffer = model.replay_buffer
     rng = np.random.default_rng(0)
     buffer.observations[:] = rng.random(buffer.observations.shape, dtype=np.float32)
-    buffer.next_observations[:] = buffer.observations
+    if buffer.next_observations is not None:  # absent with optimize_memory_usage
+        buffer.next_observations[:] = buffer.observations
     buffer.full = True
     manager = CheckpointManager(Path(work_dir), "bench")
     evaluator = EvalCallback(make_eval_env(cfg), manager, 1, 1, on_evaluation=lambda r: None)

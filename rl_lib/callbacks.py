@@ -22,7 +22,7 @@ from rl_lib.agents.maskable_dqn import DivergenceError
 from rl_lib.checkpoints import BUFFER_SUFFIX, MODEL_SUFFIX, STATE_SUFFIX, CheckpointManager
 from rl_lib.envs import DispatchEnv
 from rl_lib.evaluation import evaluate_agent
-from rl_lib.resume import capture, model_bytes, replay_buffer_bytes, state_bytes
+from rl_lib.resume import capture, model_bytes, replay_buffer_snapshot, state_bytes
 
 
 class StopRequest:
@@ -212,7 +212,9 @@ class CheckpointCallback(BaseCallback):
         start = time.perf_counter()
         check_finite_weights(self.model)
         files = {MODEL_SUFFIX: model_bytes(self.model)}
-        buffer = replay_buffer_bytes(self.model)
+        # The writer thread pickles the buffer while training goes on; it is joined at the next
+        # save, at most a checkpoint interval (plus one rollout) later.
+        buffer = replay_buffer_snapshot(self.model, rows_written_meanwhile=2 * self.checkpoint_freq + 1_000)
         if buffer is not None:
             files[BUFFER_SUFFIX] = buffer
         files[STATE_SUFFIX] = state_bytes(capture(self.model, {"eval": self.eval_callback.state()}))

@@ -32,6 +32,7 @@ import re
 import threading
 import time
 import warnings
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -181,13 +182,14 @@ class CheckpointManager:
                 f"over its disk budget ({budget / mb:.1f} MB); raise --disk-budget or free space"
             )
 
-    def save_latest(self, step: int, files: dict[str, bytes]) -> None:
+    def save_latest(self, step: int, files: dict[str, bytes | tuple[Callable[[], bytes], int]]) -> None:
         """Persist a latest checkpoint in the background.
 
-        :param files: suffix (``MODEL_SUFFIX``, ``BUFFER_SUFFIX``, ``STATE_SUFFIX``) -> content.
+        :param files: suffix (``MODEL_SUFFIX``, ``BUFFER_SUFFIX``, ``STATE_SUFFIX``) -> content, or
+            ``(serialise, size_estimate)`` to serialise in the writer thread.
         """
         self.wait()
-        size = sum(len(b) for b in files.values())
+        size = sum(len(v) if isinstance(v, bytes) else v[1] for v in files.values())
         self.check_budget(size, f"the checkpoint at step {step}")
         self._pending_bytes = size
         self._writer = threading.Thread(
@@ -195,12 +197,13 @@ class CheckpointManager:
         )
         self._writer.start()
 
-    def _write_latest(self, step: int, files: dict[str, bytes]) -> None:
+    def _write_latest(self, step: int, files: dict) -> None:
         try:
             start = time.perf_counter()
             stem = self.stem(step)
             entries = {}
-            for suffix, data in files.items():
+            for suffix, content in files.items():
+                data = content if isinstance(content, bytes) else content[0]()
                 path = stem.with_name(stem.name + suffix)
                 atomic_write_bytes(path, data)
                 entries[path.name] = {"sha256": sha256_bytes(data), "bytes": len(data)}

@@ -25,7 +25,7 @@ def evaluate_baselines(
     weights: RewardWeights | None = None,
     seeds: Sequence[int] = (0,),
     hindsight: bool = True,
-    hindsight_time_limit_s: float = 20.0,
+    hindsight_time_limit_s: float = 5.0,
 ) -> pd.DataFrame:
     """One row per (policy, day, seed) with the day's KPIs.
 

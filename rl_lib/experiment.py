@@ -40,6 +40,9 @@ class DQNConfig:
     exploration_final_eps: float = bounded(0.05, min=0.0, max=1.0)
     max_grad_norm: float = bounded(10.0, min=0.0)
     net_arch: tuple[int, ...] = bounded((512, 256, 128), min=1, max=65_536)
+    #: Store each observation once (next observation = the following row): half the replay memory
+    #: and checkpoint size. Exact here because DispatchEnv episodes are never truncated.
+    optimize_memory_usage: bool = True
 
 
 @dataclass(frozen=True)

@@ -89,11 +89,22 @@ def model_bytes(model) -> bytes:
     return buffer.getvalue()
 
 
-def replay_buffer_bytes(model) -> bytes | None:
+def replay_buffer_snapshot(model, rows_written_meanwhile: int):
+    """``(serialise, size_estimate)`` for the model's replay buffer, or None without one.
+
+    ``serialise()`` produces what SB3's ``save_replay_buffer`` writes; it may run in another
+    thread while training goes on (see :meth:`MaskableReplayBuffer.snapshot`).
+    """
     buffer = getattr(model, "replay_buffer", None)
     if buffer is None:
         return None
-    return pickle.dumps(buffer, protocol=pickle.HIGHEST_PROTOCOL)  # what SB3's save_replay_buffer writes
+    if hasattr(buffer, "snapshot"):
+        twin = buffer.snapshot(rows_written_meanwhile)
+    else:  # a plain SB3 buffer: serialise now
+        data = pickle.dumps(buffer, protocol=pickle.HIGHEST_PROTOCOL)
+        return (lambda: data), len(data)
+    size = sum(a.nbytes for a in vars(twin).values() if isinstance(a, np.ndarray))
+    return (lambda: pickle.dumps(twin, protocol=pickle.HIGHEST_PROTOCOL)), size
 
 
 def state_bytes(state: dict[str, Any]) -> bytes:

@@ -132,3 +132,27 @@ def test_maskable_ppo_runs_on_the_same_env_and_mask(test_days):
         action, _ = model.predict(obs, action_masks=mask)
         assert mask[action]
         obs, _, terminated, _, _ = env.step(action)
+
+
+@pytest.mark.parametrize("optimize_memory_usage", [False, True])
+def test_buffer_snapshot_pickles_like_the_buffer_and_shares_rows_only_when_safe(
+    test_days, optimize_memory_usage
+):
+    env = DispatchEnv(days=test_days)
+    model = MaskableDQN("MlpPolicy", env, learning_starts=10_000, buffer_size=1_000,
+                        optimize_memory_usage=optimize_memory_usage,
+                        replay_buffer_kwargs={"handle_timeout_termination": not optimize_memory_usage},
+                        policy_kwargs={"net_arch": [16]}, seed=0)  # fmt: skip
+    model.learn(300)
+    buffer = model.replay_buffer
+    twin = buffer.snapshot(rows_written_meanwhile=100)
+    assert np.shares_memory(twin.observations, buffer.observations)  # rows [0, 300) stay untouched
+    assert pickle.dumps(twin) == pickle.dumps(buffer)
+    twin = buffer.snapshot(rows_written_meanwhile=800)  # the ring could wrap onto them: copy
+    assert not np.shares_memory(twin.observations, buffer.observations)
+    frozen = pickle.dumps(twin)
+    model.learn(900, reset_num_timesteps=False)  # wraps around
+    assert buffer.full and pickle.loads(frozen).pos == 300
+    full_twin = buffer.snapshot(rows_written_meanwhile=1)
+    assert not np.shares_memory(full_twin.actions, buffer.actions)
+    assert pickle.dumps(full_twin) == pickle.dumps(buffer)

@@ -14,29 +14,33 @@ from rl_lib.errors import UserError
 ALGORITHMS: dict[str, type[BaseAlgorithm]] = {"dqn": MaskableDQN, "maskable_ppo": MaskablePPO}
 
 
+def dqn_kwargs(d) -> dict:
+    """SB3 DQN keyword arguments from a :class:`~rl_lib.experiment.DQNConfig`."""
+    return {
+        "learning_rate": d.learning_rate,
+        "buffer_size": d.buffer_size,
+        "learning_starts": d.learning_starts,
+        "batch_size": d.batch_size,
+        "gamma": d.gamma,
+        "train_freq": d.train_freq,
+        "gradient_steps": d.gradient_steps,
+        "target_update_interval": d.target_update_interval,
+        "exploration_fraction": d.exploration_fraction,
+        "exploration_initial_eps": d.exploration_initial_eps,
+        "exploration_final_eps": d.exploration_final_eps,
+        "max_grad_norm": d.max_grad_norm,
+        "optimize_memory_usage": d.optimize_memory_usage,
+        # SB3 cannot combine optimize_memory_usage with timeout handling; DispatchEnv never truncates.
+        "replay_buffer_kwargs": {"handle_timeout_termination": not d.optimize_memory_usage},
+        "policy_kwargs": {"net_arch": list(d.net_arch)},
+    }
+
+
 def build_model(training, env, device: str = "auto", tensorboard_log: str | None = None) -> BaseAlgorithm:
     """A fresh agent from a :class:`~rl_lib.experiment.TrainingConfig` on a (vectorised) env."""
     common = {"seed": training.seed, "device": device, "tensorboard_log": tensorboard_log, "verbose": 0}
     if training.algo == "dqn":
-        d = training.dqn
-        return MaskableDQN(
-            "MlpPolicy",
-            env,
-            learning_rate=d.learning_rate,
-            buffer_size=d.buffer_size,
-            learning_starts=d.learning_starts,
-            batch_size=d.batch_size,
-            gamma=d.gamma,
-            train_freq=d.train_freq,
-            gradient_steps=d.gradient_steps,
-            target_update_interval=d.target_update_interval,
-            exploration_fraction=d.exploration_fraction,
-            exploration_initial_eps=d.exploration_initial_eps,
-            exploration_final_eps=d.exploration_final_eps,
-            max_grad_norm=d.max_grad_norm,
-            policy_kwargs={"net_arch": list(d.net_arch)},
-            **common,
-        )
+        return MaskableDQN("MlpPolicy", env, **dqn_kwargs(training.dqn), **common)
     p = training.ppo
     return MaskablePPO(
         "MlpPolicy",
@@ -85,5 +89,5 @@ def load_model(run_dir: str | Path, which: str = "best", device: str = "auto") -
 
 __all__ = [
     "ALGORITHMS", "DivergenceError", "MaskableDQN", "MaskablePPO", "MaskableReplayBuffer", "build_model",
-    "load_model",
+    "dqn_kwargs", "load_model",
 ]  # fmt: skip

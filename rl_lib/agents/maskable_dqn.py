@@ -16,6 +16,7 @@ gives an unmasked DQN with the same Q-network.
 
 from __future__ import annotations
 
+import copy
 from typing import Any, NamedTuple
 
 import numpy as np
@@ -83,16 +84,32 @@ class MaskableReplayBuffer(ReplayBuffer):
         """Number of transitions held (per env)."""
         return self.buffer_size if self.full else self.pos
 
+    def _rows_kept(self, name: str) -> int:
+        # With optimize_memory_usage, observations[pos] is the last transition's next observation.
+        extra = 1 if (name == "observations" and self.optimize_memory_usage) else 0
+        return min(self.pos + extra, self.buffer_size)
+
+    def snapshot(self, rows_written_meanwhile: int) -> MaskableReplayBuffer:
+        """A twin of this buffer that another thread may pickle while this one keeps filling.
+
+        Until the buffer is full, rows ``[0, pos)`` are not written again before the ring wraps,
+        so the twin shares them (no copy) as long as ``rows_written_meanwhile`` more transitions
+        cannot reach them; otherwise (and once full) the twin holds copies.
+        """
+        twin = copy.copy(self)
+        share = not self.full and self.pos + rows_written_meanwhile < self.buffer_size
+        for name in (*_TRANSITION_ARRAYS, "next_action_masks"):
+            array = getattr(self, name, None)
+            if array is not None:
+                setattr(twin, name, array[: self._rows_kept(name)] if share else array.copy())
+        return twin
+
     def __getstate__(self) -> dict[str, Any]:
         state = self.__dict__.copy()
         if not self.full:
             for name in (*_TRANSITION_ARRAYS, "next_action_masks"):
                 if state.get(name) is not None:
-                    # With optimize_memory_usage, observations[pos] is the last next-observation.
-                    keep = (
-                        self.pos + 1 if (name == "observations" and self.optimize_memory_usage) else self.pos
-                    )
-                    state[name] = state[name][:keep].copy()
+                    state[name] = state[name][: self._rows_kept(name)]  # pickling copies the rows
             state["_trimmed"] = True
         return state
 

@@ -9,12 +9,19 @@ trips. Because travel times are deterministic, a committed queue is already a sc
 what matters for the next decision is where the vehicle ends (``vehicle_node``) and when
 (``free_at``). A trip appended at time ``now`` is served as follows:
 
-- earliest departure ``t0 = max(free_at, now, shift_start)``;
+- earliest departure ``t0 = max(free_at, now)`` (``free_at`` starts at the shift start);
+- ``travel`` is the approach time priced at the congestion of ``t0``'s hour;
 - the vehicle leaves just in time, ``depart = max(t0, requested_pickup - travel)``, so an
   early vehicle waits where it is, not at the patient's door;
 - ``pickup = depart + travel`` (never before the requested pickup time);
 - ``lateness = max(0, pickup - (requested_pickup + window))``;
-- ``dropoff_end = pickup + boarding + ride + alighting``; the vehicle is then free there.
+- ``dropoff_end = pickup + boarding + ride + alighting``, the ride priced at the pickup hour;
+  the vehicle is then free there.
+
+Pricing the approach at ``t0`` rather than at the (later) just-in-time departure is a
+deliberate one-pass approximation: the departure depends on the travel time, so the exact
+rule would need a fixed point per vehicle and decision. The hindsight bound covers both
+readings.
 
 A vehicle is *feasible* for a booking when its type carries the patient's mobility, the
 lateness is at most ``rules.max_lateness_min`` and the trip ends before its shift does.

@@ -11,9 +11,9 @@ with a distance in km and a time in minutes. Two ways to build one:
   free-flow time (min) matrices, e.g. from a routing engine.
 
 Either way a time-of-day congestion profile (one multiplier per hour) scales the
-free-flow time by the hour of departure. A trip's time is fixed at departure
-(no mid-trip profile changes), which keeps the model first-in-first-out within
-each hour and cheap to evaluate.
+free-flow time by an hour the caller chooses (the core uses the hour a vehicle can
+first leave for an approach, and the pickup hour for a ride). A leg's time is fixed
+when it is priced (no mid-trip profile changes), which keeps it cheap to evaluate.
 """
 
 from __future__ import annotations
