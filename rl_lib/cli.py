@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 from pathlib import Path
 
@@ -93,32 +92,36 @@ def cmd_train(args: argparse.Namespace) -> int:
 def cmd_evaluate(args: argparse.Namespace) -> int:
     import pandas as pd
 
-    from rl_lib.agents import load_model
     from rl_lib.config import from_dict
-    from rl_lib.envs import DispatchEnv
-    from rl_lib.evaluation import evaluate_agent, evaluate_baselines, format_table, summarize
+    from rl_lib.evaluation import evaluate_baselines, evaluate_runs, format_table, summarize
     from rl_lib.experiment import ExperimentConfig
     from rl_lib.io import atomic_write_csv
+    from rl_lib.run_record import read_metadata
     from rl_lib.scenarios.synthetic import SyntheticScenario
 
-    run_dir = Path(args.run_dir)
-    model = load_model(run_dir, args.which, device="cpu")
-    metadata = next(run_dir.glob("*_training_metadata.json"))
-    meta = json.loads(metadata.read_text())
-    cfg = from_dict(ExperimentConfig, meta["config"], source=str(metadata))
+    run_dirs = [Path(d) for d in args.run_dirs]
+    metas = [read_metadata(d) for d in run_dirs]
+    # Every run must have been trained and be evaluated on the same scenario and reward.
+    cfg = from_dict(ExperimentConfig, metas[0]["config"], source=str(run_dirs[0]))
+    for run_dir, meta in zip(run_dirs[1:], metas[1:], strict=True):
+        other = meta["config"]
+        if (
+            other["scenario"] != metas[0]["config"]["scenario"]
+            or other["reward"] != metas[0]["config"]["reward"]
+        ):
+            raise UserError(f"{run_dir} was trained on another scenario or reward than {run_dirs[0]}")
     days = _test_days(SyntheticScenario(cfg.scenario), "test", args.days)
-    agent = evaluate_agent(model, DispatchEnv(days=days, reward=cfg.reward), len(days))
-    agent.insert(0, "policy", f"{meta['algo']} ({args.which})")
-    per_episode = agent
+    per_episode = evaluate_runs(run_dirs, days, cfg.reward, args.which)
     if not args.no_baselines:
         baselines = evaluate_baselines(days, weights=cfg.reward, hindsight=not args.no_hindsight)
-        per_episode = pd.concat([agent, baselines.drop(columns="seed")], ignore_index=True)
+        per_episode = pd.concat([per_episode, baselines], ignore_index=True)
     summary = summarize(per_episode)
-    print(f"{run_dir} on {len(days)} test days (mean [95% CI]):")
+    print(f"{len(run_dirs)} run(s), {args.which} model, on {len(days)} test days (mean [95% CI]):")
     print(format_table(summary))
-    out = run_dir / "evaluations"
+    out = Path(args.out) if args.out else run_dirs[0] / "evaluations"
     atomic_write_csv(per_episode, out / f"test_{args.which}_per_episode.csv")
     atomic_write_csv(summary, out / f"test_{args.which}_summary.csv")
+    print(f"wrote {out / f'test_{args.which}_per_episode.csv'}")
     return 0
 
 
@@ -208,8 +211,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="progress bar (default: when stdout is a terminal)")  # fmt: skip
     p.set_defaults(func=cmd_train)
 
-    p = sub.add_parser("evaluate", help="a run's model on the test days, next to the baselines")
-    p.add_argument("run_dir")
+    p = sub.add_parser("evaluate", help="runs' models on the test days, next to the baselines")
+    p.add_argument("run_dirs", nargs="+", metavar="RUN_DIR")
+    p.add_argument("--out", help="folder for the CSVs (default: RUN_DIR/evaluations of the first run)")
     p.add_argument("--which", choices=("best", "final", "latest"), default="best")
     p.add_argument("--days", type=positive_int, default=30)
     p.add_argument("--no-baselines", action="store_true")

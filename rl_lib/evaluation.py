@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import time
 from collections.abc import Iterable, Sequence
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
@@ -41,24 +43,38 @@ def evaluate_baselines(
     for day in days:
         for name in names:
             for seed in seeds:
+                start = time.perf_counter()
                 kpis = BASELINES[name](day, core, seed).kpis()
-                rows.append({"policy": name, "day_id": day.day_id, "seed": seed, **kpis})
+                rows.append(episode_row(name, seed, day, kpis, time.perf_counter() - start))
         if hindsight:
             from rl_lib.policies.hindsight import hindsight_bound
 
             bound = hindsight_bound(day, weights, time_limit_s=hindsight_time_limit_s)
-            rows.append(
-                {
-                    "policy": HINDSIGHT,
-                    "day_id": day.day_id,
-                    "seed": -1,
-                    "reward": bound.reward_upper_bound,
-                    "n_bookings": float(bound.n_bookings),
-                    "served": bound.served_upper_bound,
-                    "completion_rate": bound.service_rate_upper_bound,
-                }
-            )
+            bound_kpis = {
+                "reward": bound.reward_upper_bound,
+                "n_bookings": float(bound.n_bookings),
+                "served": bound.served_upper_bound,
+                "completion_rate": bound.service_rate_upper_bound,
+            }
+            rows.append(episode_row(HINDSIGHT, -1, day, bound_kpis, None))
     return pd.DataFrame(rows)
+
+
+def episode_row(policy: str, seed: int, day: Day, kpis: dict, seconds: float | None) -> dict:
+    """One per-episode row: the day's KPIs, reward per decision, and wall ms per decision.
+
+    ``decision_ms`` is the whole day's wall time (evaluating candidates, choosing, applying)
+    divided by its bookings, the same measure for baselines and agents; None for the bound.
+    """
+    n = day.n_bookings
+    return {
+        "policy": policy,
+        "seed": seed,
+        "day_id": day.day_id,
+        **kpis,
+        "reward_per_step": kpis["reward"] / n,
+        "decision_ms": float("nan") if seconds is None else 1000.0 * seconds / n,
+    }
 
 
 def mean_ci(values: np.ndarray, confidence: float = 0.95) -> tuple[float, float, float]:
@@ -101,22 +117,47 @@ def format_table(summary: pd.DataFrame) -> str:
     return wide.loc[order, columns].to_string()
 
 
-def run_agent_episode(model, env, day_index: int, deterministic: bool = True) -> dict[str, float]:
-    """Play one day with a masked SB3 agent (MaskableDQN or MaskablePPO); returns its KPIs.
+def run_agent_episode(
+    model, env, day_index: int, deterministic: bool = True
+) -> tuple[dict[str, float], float]:
+    """Play one day with a masked SB3 agent (MaskableDQN or MaskablePPO).
 
     :param env: a plain (non-vectorised) :class:`~rl_lib.envs.DispatchEnv`.
+    :return: the day's KPIs and the episode's wall time in seconds (after the reset).
     """
     obs, info = env.reset(options={"day_index": day_index})
     terminated = False
+    start = time.perf_counter()
     while not terminated:
         action, _ = model.predict(obs, deterministic=deterministic, action_masks=env.action_masks())
         obs, _, terminated, truncated, info = env.step(int(action))
         if truncated:
             raise RuntimeError("DispatchEnv episodes are never truncated")
-    return {"day_id": info["day_id"], **info["kpis"]}
+    return info["kpis"], time.perf_counter() - start
 
 
-def evaluate_agent(model, env, n_episodes: int, deterministic: bool = True) -> pd.DataFrame:
+def evaluate_agent(
+    model, env, n_episodes: int, deterministic: bool = True, policy: str = "agent", seed: int = 0
+) -> pd.DataFrame:
     """One row of KPIs per day for the first ``n_episodes`` days of ``env`` (each day once)."""
-    n = min(n_episodes, len(env.days))
-    return pd.DataFrame([run_agent_episode(model, env, i, deterministic) for i in range(n)])
+    rows = []
+    for i in range(min(n_episodes, len(env.days))):
+        kpis, seconds = run_agent_episode(model, env, i, deterministic)
+        rows.append(episode_row(policy, seed, env.days[i], kpis, seconds))
+    return pd.DataFrame(rows)
+
+
+def evaluate_runs(run_dirs: Sequence[Path], days: Sequence[Day], weights: RewardWeights | None = None,
+                  which: str = "best") -> pd.DataFrame:  # fmt: skip
+    """Each run's ``which`` model on ``days``; policy = the run's algorithm, seed = its training seed."""
+    from rl_lib.agents import load_model
+    from rl_lib.envs import DispatchEnv
+    from rl_lib.run_record import read_metadata
+
+    frames = []
+    for run_dir in run_dirs:
+        meta = read_metadata(run_dir)
+        model = load_model(run_dir, which, device="cpu")
+        env = DispatchEnv(days=list(days), reward=weights)
+        frames.append(evaluate_agent(model, env, len(days), policy=meta["algo"], seed=int(meta["seed"])))
+    return pd.concat(frames, ignore_index=True) if frames else pd.DataFrame()

@@ -69,6 +69,21 @@ def git_commit() -> str | None:
     return commit + ("+dirty" if dirty else "")
 
 
+def read_metadata(run_dir: str | Path) -> dict[str, Any]:
+    """The metadata of a run dir (the one ``*_training_metadata.json`` it holds)."""
+    import json
+
+    from rl_lib.errors import UserError
+
+    found = sorted(Path(run_dir).glob("*_training_metadata.json"))
+    if len(found) != 1:
+        raise UserError(
+            f"{run_dir}: expected one *_training_metadata.json, found {len(found)}; is this a run dir "
+            "written by rl-lib train?"
+        )
+    return json.loads(found[0].read_text())
+
+
 def now() -> str:
     return time.strftime("%Y-%m-%dT%H:%M:%S%z")
 

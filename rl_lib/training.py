@@ -16,9 +16,12 @@
 from __future__ import annotations
 
 import dataclasses
+import multiprocessing
 import os
 import pickle
 import warnings
+from collections.abc import Sequence
+from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -259,3 +262,45 @@ def train(
                   checkpoint_stall_s=round(stalls, 3), episodes=model._episode_num)  # fmt: skip
     log(f"{run_dir}: {status} at {done} / {t.total_timesteps} steps" + (f" ({reason})" if reason else ""))
     return TrainResult(run_dir, status, done, t.total_timesteps, reason, code)
+
+
+def seed_run_dir(results_dir: str | Path, config: ExperimentConfig, seed: int) -> Path:
+    return Path(results_dir) / f"{config.training.name}_seed{seed}"
+
+
+def _train_one(config: ExperimentConfig, run_dir: Path, kwargs: dict) -> TrainResult:
+    return train(config, run_dir, **kwargs)
+
+
+def train_seeds(
+    config: ExperimentConfig,
+    seeds: Sequence[int],
+    results_dir: str | Path,
+    workers: int | None = None,
+    **train_kwargs,
+) -> list[TrainResult]:
+    """Train one run per seed, in parallel worker processes; each is a normal resumable run dir.
+
+    Run dirs are ``results_dir/{name}_seed{seed}``; calling again resumes unfinished seeds and
+    skips completed ones. ``workers`` defaults to one per CPU core (each run uses one torch
+    thread).
+
+    :param train_kwargs: passed to :func:`train` (``max_wall_time``, ``device``, ...); with
+        several workers, ``log`` is ignored and each worker prints.
+    """
+    if len(set(seeds)) != len(seeds) or not seeds:
+        raise UserError(f"seeds must be distinct and non-empty, got {list(seeds)}")
+    configs = [
+        dataclasses.replace(config, training=dataclasses.replace(config.training, seed=int(s))) for s in seeds
+    ]
+    run_dirs = [seed_run_dir(results_dir, config, s) for s in seeds]
+    workers = max(1, min(workers or os.cpu_count() or 1, len(seeds)))
+    if workers == 1:
+        return [train(c, d, **train_kwargs) for c, d in zip(configs, run_dirs, strict=True)]
+    train_kwargs.pop("log", None)  # worker processes print their progress (a callable may not pickle)
+    # spawn: each worker starts clean (no forked torch threads or signal handlers).
+    with ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("spawn")) as pool:
+        futures = [
+            pool.submit(_train_one, c, d, train_kwargs) for c, d in zip(configs, run_dirs, strict=True)
+        ]
+        return [f.result() for f in futures]

@@ -307,3 +307,30 @@ def test_maskable_ppo_trains_checkpoints_and_loads_from_its_metadata(tmp_path):
     assert type(model).__name__ == "MaskablePPO"
     assert not list((run_dir / "checkpoints").glob("*_replay_buffer.pkl"))
     assert np.isfinite(metadata(run_dir, "ppo")["best"]["mean_reward"])
+
+
+def test_seeds_train_in_parallel_workers_as_normal_resumable_run_dirs(tmp_path):
+    from rl_lib.training import train_seeds
+
+    config = tiny_config(total_timesteps=200)
+    results = train_seeds(config, [3, 4], tmp_path, workers=2)
+    assert [r.status for r in results] == ["completed", "completed"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["tiny_seed3", "tiny_seed4"]
+    assert metadata(tmp_path / "tiny_seed4")["seed"] == 4
+    again = train_seeds(config, [3, 4], tmp_path, workers=1, **QUIET)  # completed: skipped
+    assert [r.timesteps for r in again] == [200, 200]
+    with pytest.raises(UserError, match="distinct"):
+        train_seeds(config, [1, 1], tmp_path)
+
+
+def test_evaluate_cli_puts_runs_next_to_the_baselines(reference_run, tmp_path, capsys):
+    import pandas as pd
+
+    out = tmp_path / "eval"
+    assert main(["evaluate", str(reference_run), "--days", "2", "--no-hindsight", "--out", str(out)]) == 0
+    table = pd.read_csv(out / "test_best_per_episode.csv")
+    assert set(table["policy"]) == {"dqn", "random", "nearest", "insertion", "batch_matching"}
+    agent = table[table["policy"] == "dqn"]
+    assert len(agent) == 2 and (agent["decision_ms"] > 0).all()
+    assert np.allclose(table["reward_per_step"], table["reward"] / table["n_bookings"])
+    assert "dqn" in capsys.readouterr().out

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 from sb3_contrib import MaskablePPO
@@ -65,12 +64,10 @@ def load_model(run_dir: str | Path, which: str = "best", device: str = "auto") -
     :param which: ``"best"`` (what the thesis reports), ``"final"`` or ``"latest"``.
     """
     from rl_lib.checkpoints import CheckpointManager
+    from rl_lib.run_record import read_metadata
 
     run_dir = Path(run_dir)
-    metas = sorted(run_dir.glob("*_training_metadata.json"))
-    if not metas:
-        raise UserError(f"{run_dir}: no *_training_metadata.json; is this a run dir made by rl-lib train?")
-    meta = json.loads(metas[0].read_text())
+    meta = read_metadata(run_dir)
     algo = ALGORITHMS[meta["algo"]]
     manager = CheckpointManager(run_dir, meta["name"])
     if which == "best":
