@@ -259,9 +259,14 @@ def train(
     done = model.num_timesteps if status == COMPLETED else (saver.last_saved_step or 0)
     stalls = record.data.get("checkpoint_stall_s", 0.0) + saver.stall_seconds
     record.finish(status, done, reason, best=evaluator.best, evaluations=evaluator.history,
-                  checkpoint_stall_s=round(stalls, 3), episodes=model._episode_num)  # fmt: skip
+                  checkpoint_stall_s=round(stalls, 3), episodes=count_episodes(model))  # fmt: skip
     log(f"{run_dir}: {status} at {done} / {t.total_timesteps} steps" + (f" ({reason})" if reason else ""))
     return TrainResult(run_dir, status, done, t.total_timesteps, reason, code)
+
+
+def count_episodes(model: BaseAlgorithm) -> int:
+    """Training episodes finished so far, over every session (the Monitor state is checkpointed)."""
+    return sum(len(env.get_episode_rewards()) for env in model.get_env().envs)
 
 
 def seed_run_dir(results_dir: str | Path, config: ExperimentConfig, seed: int) -> Path:

@@ -1,0 +1,533 @@
+"""Statistics of the evaluation protocol: IQM, the paired two-level bootstrap and the comparisons on it.
+
+The input is the per-episode KPI table of the evaluation: one row per (``policy``, ``seed``, ``day_id``)
+with numeric KPI columns (NaN where a KPI is undefined, e.g. lateness on a day where nothing was served).
+``seed`` is the training seed of an RL agent, the policy seed of a baseline, -1 for the hindsight bound.
+Every policy is run on the same test days, so a policy's scores form a matrix of seeds x days
+(:func:`score_matrix`) and policies are compared day by day.
+
+**Uncertainty.** The test days are the i.i.d. sample; the seeds of a policy are a second, nested source of
+variation. :func:`stratified_bootstrap_ci` resamples both (its docstring gives the exact design), and every
+interval below comes from it: :func:`aggregate_table` (mean and IQM per policy and KPI),
+:func:`paired_differences` (policy - reference), :func:`probability_of_improvement` (P(policy beats
+reference)) and :func:`gap_to_bound` (distance to the hindsight bound).
+
+**Direction of each KPI** (:data:`HIGHER_IS_BETTER`):
+
+=====================  ===========
+KPI                    better when
+=====================  ===========
+``reward``             higher
+``reward_per_step``    higher
+``completion_rate``    higher
+``on_time_rate``       higher
+``utilisation``        higher
+``served``             higher
+``mean_lateness_min``  lower
+``p95_lateness_min``   lower
+``mean_deadhead_km``   lower
+``total_km``           lower
+``refusal_rate``       lower
+``missed_rate``        lower
+=====================  ===========
+"""
+
+from __future__ import annotations
+
+import zlib
+from collections.abc import Callable, Mapping, Sequence
+from functools import partial
+
+import numpy as np
+import pandas as pd
+from numpy.typing import ArrayLike
+from scipy import stats
+
+HIGHER_IS_BETTER: dict[str, bool] = {
+    "reward": True,
+    "reward_per_step": True,
+    "completion_rate": True,
+    "on_time_rate": True,
+    "utilisation": True,
+    "served": True,
+    "mean_lateness_min": False,
+    "p95_lateness_min": False,
+    "mean_deadhead_km": False,
+    "total_km": False,
+    "refusal_rate": False,
+    "missed_rate": False,
+}
+
+ID_COLUMNS = ("policy", "seed", "day_id")
+# Upper bound on the elements of one (replicates, seeds, seeds, days) block in probability_of_improvement.
+_PAIR_BLOCK = 1 << 22
+
+Statistic = Callable[[np.ndarray], float]
+# Maps stacked (replicates, seeds, days) score matrices, one per policy, to one value per replicate.
+_MatrixFunction = Callable[..., np.ndarray]
+
+
+def iqm(x: ArrayLike) -> float:
+    """Interquartile mean: the mean of the values left after cutting 25 % from each end (NaNs ignored).
+
+    This is :func:`scipy.stats.trim_mean` with proportion 0.25: with n values it drops
+    ``floor(n / 4)`` from each end, e.g. the middle 4 of 8 values, the middle 3 of 5.
+
+    :param x: values, any shape (flattened).
+    :return: the IQM, NaN when no value is left.
+    """
+    values = np.asarray(x, dtype=float).ravel()
+    values = values[~np.isnan(values)]
+    return float(stats.trim_mean(values, 0.25)) if values.size else float("nan")
+
+
+def kpi_columns(df: pd.DataFrame) -> list[str]:
+    """The KPI columns of a per-episode table: its numeric columns other than ``seed`` and ``day_id``."""
+    return [c for c in df.columns if c not in ID_COLUMNS and pd.api.types.is_numeric_dtype(df[c])]
+
+
+def score_matrix(df: pd.DataFrame, policy: str, kpi: str) -> np.ndarray:
+    """A policy's scores on a KPI as a (seeds, days) matrix.
+
+    Rows are the policy's seeds in ascending order; columns are every ``day_id`` of the whole table in
+    ascending order, so the matrices of all policies of one table line up day by day. NaN where the KPI
+    is NaN or the policy has no row for that day and seed.
+
+    :param df: per-episode table with columns ``policy``, ``seed``, ``day_id`` and the KPIs.
+    :param policy: a value of ``df["policy"]``.
+    :param kpi: a KPI column (see :func:`kpi_columns`).
+    :raises ValueError: missing id columns, duplicate (policy, seed, day_id) rows, unknown policy or KPI.
+    """
+    _check_table(df)
+    _check_choice("policy", policy, _policies(df))
+    _check_choice("KPI", kpi, kpi_columns(df))
+    rows = df[df["policy"] == policy]
+    wide = rows.pivot(index="seed", columns="day_id", values=kpi).reindex(columns=_days(df))
+    return wide.to_numpy(dtype=float, na_value=np.nan)
+
+
+def stratified_bootstrap_ci(
+    matrices: Mapping[str, np.ndarray],
+    statistic: Statistic,
+    n_resamples: int = 2000,
+    confidence: float = 0.95,
+    seed: int = 0,
+) -> dict[str, tuple[float, float, float]]:
+    """Point estimate and percentile bootstrap interval of ``statistic`` for each policy's score matrix.
+
+    **Design** (paired over days, stratified over seeds within a day). Policy p has the score matrix
+    M_p with S_p seed rows and the D day columns shared by all policies (NaN where missing). One
+    bootstrap replicate:
+
+    1. draws D day indices j_1, ..., j_D uniformly with replacement from the D days -- the *same* draw
+       for every policy, so policies stay paired by day;
+    2. for each policy p and each k = 1..D, draws S_p seed indices i_{p,k,1..S_p} uniformly with
+       replacement from p's S_p seeds, independently across k and across policies: seeds are resampled
+       within each resampled day, as in the stratified bootstrap of rliable (Agarwal et al. 2021,
+       "Deep RL at the edge of the statistical precipice"), where runs are resampled within each task;
+    3. forms the replicate matrix M*_p[s, k] = M_p[i_{p,k,s}, j_k] (S_p x D);
+    4. computes theta*_p = statistic(the non-NaN entries of M*_p).
+
+    The point estimate is statistic(the non-NaN entries of M_p). The interval is the percentile
+    interval: the alpha/2 and 1 - alpha/2 quantiles (linear interpolation) of theta*_p over the
+    ``n_resamples`` replicates, alpha = 1 - confidence. With one seed, step 2 is void and this is the
+    plain bootstrap over days (scipy.stats.bootstrap with ``method="percentile"``). A replicate whose
+    M*_p holds no value (possible only when most days are NaN) gives NaN and is left out of the
+    quantiles.
+
+    Random streams: the day draws depend on ``seed`` only and policy p's seed draws on ``seed`` and p's
+    name, so a policy's interval does not change when other policies are added or removed, and every
+    function of this module sees the same draws for the same policy.
+
+    :param matrices: policy name -> (seeds, days) score matrix (:func:`score_matrix`); same days for all.
+    :param statistic: maps a 1-D array of non-NaN values to a float, e.g. :func:`iqm` or ``np.mean``
+        (these two, and ``np.nanmean``, run vectorised over the replicates; any other is called once per
+        replicate).
+    :param n_resamples: number of bootstrap replicates.
+    :param confidence: coverage of the interval, in (0, 1).
+    :param seed: seed of the resampling.
+    :return: policy name -> (point estimate, interval low, interval high); NaNs where M_p has no value.
+    :raises ValueError: no matrix, a matrix that is not 2-D or empty, matrices with different day counts,
+        bad ``n_resamples`` or ``confidence``.
+    """
+
+    rowwise = _VECTORISED.get(statistic, partial(_loop_rows, statistic))
+
+    def apply(stacked: np.ndarray) -> np.ndarray:
+        return rowwise(stacked.reshape(len(stacked), -1))
+
+    return {
+        name: _bootstrap(apply, {name: m}, n_resamples, confidence, seed)
+        for name, m in _check_matrices(matrices).items()
+    }
+
+
+def aggregate_table(
+    df: pd.DataFrame,
+    kpis: Sequence[str] | None = None,
+    policies: Sequence[str] | None = None,
+    n_resamples: int = 2000,
+    confidence: float = 0.95,
+    seed: int = 0,
+) -> pd.DataFrame:
+    """Mean and IQM over all (seed, day) scores, with bootstrap intervals, per policy and KPI.
+
+    Both statistics pool the non-NaN entries of the policy's score matrix; intervals from
+    :func:`stratified_bootstrap_ci`.
+
+    :param df: per-episode table (see :func:`score_matrix`).
+    :param kpis: KPI columns; default: those of ``df`` listed in :data:`HIGHER_IS_BETTER`.
+    :param policies: policies in output order; default: all, in order of first appearance.
+    :param n_resamples: bootstrap replicates.
+    :param confidence: interval coverage.
+    :param seed: seed of the resampling.
+    :return: one row per (policy, kpi): ``mean``, ``mean_ci_low``, ``mean_ci_high``, ``iqm``,
+        ``iqm_ci_low``, ``iqm_ci_high``, ``n_seeds`` and ``n_days`` (seeds and days with at least one
+        value; NaN statistics when both are 0, e.g. lateness for the hindsight bound).
+    """
+    policies = _select_policies(df, policies)
+    rows = []
+    for kpi in _select_kpis(df, kpis):
+        matrices = {p: score_matrix(df, p, kpi) for p in policies}
+        means = stratified_bootstrap_ci(matrices, np.mean, n_resamples, confidence, seed)
+        iqms = stratified_bootstrap_ci(matrices, iqm, n_resamples, confidence, seed)
+        for p, m in matrices.items():
+            valid = ~np.isnan(m)
+            rows.append(
+                {
+                    "policy": p,
+                    "kpi": kpi,
+                    **dict(zip(("mean", "mean_ci_low", "mean_ci_high"), means[p], strict=True)),
+                    **dict(zip(("iqm", "iqm_ci_low", "iqm_ci_high"), iqms[p], strict=True)),
+                    "n_seeds": int(valid.any(axis=1).sum()),
+                    "n_days": int(valid.any(axis=0).sum()),
+                }
+            )
+    return pd.DataFrame(rows)
+
+
+def paired_differences(
+    df: pd.DataFrame,
+    reference: str = "nearest",
+    kpis: Sequence[str] | None = None,
+    policies: Sequence[str] | None = None,
+    n_resamples: int = 2000,
+    confidence: float = 0.95,
+    seed: int = 0,
+) -> pd.DataFrame:
+    """Mean over days of (policy - reference), each side averaged over its seeds on the day.
+
+    On day d the difference is mean_s M_policy[s, d] - mean_s M_reference[s, d] (NaN seeds ignored); the
+    estimate is the mean of the differences over the days where both sides have a value. The interval
+    comes from the paired two-level bootstrap of :func:`stratified_bootstrap_ci`: the same resampled days
+    for both policies, seeds resampled within each day and policy. Read the sign with
+    :data:`HIGHER_IS_BETTER`.
+
+    :param df: per-episode table (see :func:`score_matrix`).
+    :param reference: the policy subtracted.
+    :param kpis: KPI columns; default: those of ``df`` listed in :data:`HIGHER_IS_BETTER`.
+    :param policies: policies compared with the reference; default: all others.
+    :param n_resamples: bootstrap replicates.
+    :param confidence: interval coverage.
+    :param seed: seed of the resampling.
+    :return: one row per (policy, kpi): ``reference``, ``mean_diff``, ``ci_low``, ``ci_high``,
+        ``ci_excludes_zero`` and ``n_days`` (days where both sides have a value).
+    """
+    rows = []
+    for kpi in _select_kpis(df, kpis):
+        ref = score_matrix(df, reference, kpi)
+        for p in _others(df, reference, policies):
+            m = score_matrix(df, p, kpi)
+            point, low, high = _bootstrap(
+                _mean_difference, {p: m, reference: ref}, n_resamples, confidence, seed
+            )
+            rows.append(
+                {
+                    "policy": p,
+                    "reference": reference,
+                    "kpi": kpi,
+                    "mean_diff": point,
+                    "ci_low": low,
+                    "ci_high": high,
+                    "ci_excludes_zero": bool(low > 0 or high < 0),
+                    "n_days": _n_common_days(m, ref),
+                }
+            )
+    return pd.DataFrame(rows)
+
+
+def probability_of_improvement(
+    df: pd.DataFrame,
+    reference: str = "nearest",
+    kpi: str = "reward",
+    higher_is_better: bool | None = None,
+    policies: Sequence[str] | None = None,
+    n_resamples: int = 2000,
+    confidence: float = 0.95,
+    seed: int = 0,
+) -> pd.DataFrame:
+    """P(X > Y): how often a policy X beats the reference Y on a day, as in rliable.
+
+    On day d, the fraction of (seed of X, seed of Y) pairs, both non-NaN, where X's score is better than
+    Y's, a tie counting 1/2; the estimate is the mean of these fractions over the days with at least one
+    such pair. 0.5 means no difference; 1 means X beats Y on every day for every pair of seeds. Interval
+    from the paired two-level bootstrap of :func:`stratified_bootstrap_ci`.
+
+    :param df: per-episode table (see :func:`score_matrix`).
+    :param reference: the policy Y.
+    :param kpi: a KPI column.
+    :param higher_is_better: direction of ``kpi``; default: looked up in :data:`HIGHER_IS_BETTER`.
+    :param policies: the policies X; default: all but the reference.
+    :param n_resamples: bootstrap replicates.
+    :param confidence: interval coverage.
+    :param seed: seed of the resampling.
+    :return: one row per policy: ``reference``, ``kpi``, ``prob_improvement``, ``ci_low``, ``ci_high``,
+        ``n_days``.
+    :raises ValueError: ``higher_is_better`` not given for a KPI missing from :data:`HIGHER_IS_BETTER`.
+    """
+    ref = score_matrix(df, reference, kpi)
+    if higher_is_better is None:
+        if kpi not in HIGHER_IS_BETTER:
+            raise ValueError(
+                f"direction of KPI {kpi!r} unknown; pass higher_is_better or use one of "
+                f"{', '.join(HIGHER_IS_BETTER)}"
+            )
+        higher_is_better = HIGHER_IS_BETTER[kpi]
+    sign = 1.0 if higher_is_better else -1.0
+
+    def improvement(x: np.ndarray, y: np.ndarray) -> np.ndarray:
+        # Negating both sides turns "lower is better" into "higher is better".
+        return _probability_of_improvement(sign * x, sign * y)
+
+    rows = []
+    for p in _others(df, reference, policies):
+        m = score_matrix(df, p, kpi)
+        point, low, high = _bootstrap(improvement, {p: m, reference: ref}, n_resamples, confidence, seed)
+        rows.append(
+            {
+                "policy": p,
+                "reference": reference,
+                "kpi": kpi,
+                "prob_improvement": point,
+                "ci_low": low,
+                "ci_high": high,
+                "n_days": _n_common_days(m, ref),
+            }
+        )
+    return pd.DataFrame(rows)
+
+
+def gap_to_bound(
+    df: pd.DataFrame,
+    bound_policy: str = "hindsight_bound",
+    kpi: str = "reward",
+    policies: Sequence[str] | None = None,
+    n_resamples: int = 2000,
+    confidence: float = 0.95,
+    seed: int = 0,
+) -> pd.DataFrame:
+    """Distance of each policy to an upper bound: mean over days of (bound - policy), absolute and relative.
+
+    On day d, with b_d the bound (mean over its seeds; the hindsight bound has one) and x_d the policy's
+    mean over its seeds, the absolute gap is b_d - x_d and the relative gap (b_d - x_d) / |b_d|; each is
+    averaged over the days where both have a value (and, for the relative gap, b_d != 0). Meant for
+    higher-is-better KPIs (the bound's ``reward``, ``completion_rate``), where the gaps are >= 0.
+    Intervals from the paired two-level bootstrap of :func:`stratified_bootstrap_ci`.
+
+    :param df: per-episode table (see :func:`score_matrix`).
+    :param bound_policy: the policy holding the bound.
+    :param kpi: a KPI column.
+    :param policies: the policies compared; default: all but the bound.
+    :param n_resamples: bootstrap replicates.
+    :param confidence: interval coverage.
+    :param seed: seed of the resampling.
+    :return: one row per policy: ``bound``, ``kpi``, ``abs_gap``, ``abs_gap_ci_low``, ``abs_gap_ci_high``,
+        ``rel_gap``, ``rel_gap_ci_low``, ``rel_gap_ci_high``, ``n_days``.
+    """
+    bound = score_matrix(df, bound_policy, kpi)
+
+    def absolute(b: np.ndarray, x: np.ndarray) -> np.ndarray:
+        return -_mean_difference(x, b)
+
+    def relative(b: np.ndarray, x: np.ndarray) -> np.ndarray:
+        b_day = _nanmean(b, axis=1)
+        gap = _divide(b_day - _nanmean(x, axis=1), np.abs(b_day))
+        return _nanmean(gap, axis=1)
+
+    rows = []
+    for p in _others(df, bound_policy, policies):
+        m = score_matrix(df, p, kpi)
+        pair = {bound_policy: bound, p: m}
+        abs_gap = _bootstrap(absolute, pair, n_resamples, confidence, seed)
+        rel_gap = _bootstrap(relative, pair, n_resamples, confidence, seed)
+        rows.append(
+            {
+                "policy": p,
+                "bound": bound_policy,
+                "kpi": kpi,
+                **dict(zip(("abs_gap", "abs_gap_ci_low", "abs_gap_ci_high"), abs_gap, strict=True)),
+                **dict(zip(("rel_gap", "rel_gap_ci_low", "rel_gap_ci_high"), rel_gap, strict=True)),
+                "n_days": _n_common_days(m, bound),
+            }
+        )
+    return pd.DataFrame(rows)
+
+
+def _bootstrap(
+    fn: _MatrixFunction,
+    matrices: Mapping[str, np.ndarray],
+    n_resamples: int,
+    confidence: float,
+    seed: int,
+) -> tuple[float, float, float]:
+    """``fn`` on the matrices (point estimate) and its percentile interval over the bootstrap replicates.
+
+    ``fn`` takes one stacked (n, seeds, days) array per matrix, in the order of ``matrices``, and returns
+    one value per n.
+    """
+    if not 0 < confidence < 1:
+        raise ValueError(f"confidence must lie in (0, 1), got {confidence}")
+    if n_resamples < 1:
+        raise ValueError(f"n_resamples must be >= 1, got {n_resamples}")
+    point = float(fn(*(m[np.newaxis] for m in matrices.values()))[0])
+    if np.isnan(point):
+        return point, float("nan"), float("nan")
+    replicates = fn(*_resample(matrices, n_resamples, seed).values())
+    alpha = 1 - confidence
+    low, high = np.nanquantile(replicates, [alpha / 2, 1 - alpha / 2])
+    return point, float(low), float(high)
+
+
+def _resample(matrices: Mapping[str, np.ndarray], n_resamples: int, seed: int) -> dict[str, np.ndarray]:
+    """Bootstrap replicates (n_resamples, seeds, days) of each matrix; design in stratified_bootstrap_ci."""
+    n_days = next(iter(matrices.values())).shape[1]
+    day_rng = np.random.default_rng([seed, 0])
+    days = day_rng.integers(0, n_days, size=(n_resamples, 1, n_days))
+    out = {}
+    for name, m in matrices.items():
+        # Keyed by name so that a policy's draws do not depend on the other policies passed.
+        seed_rng = np.random.default_rng([seed, 1, zlib.crc32(name.encode())])
+        seeds = seed_rng.integers(0, m.shape[0], size=(n_resamples, m.shape[0], n_days))
+        out[name] = m[seeds, days]
+    return out
+
+
+def _mean_difference(x: np.ndarray, y: np.ndarray) -> np.ndarray:
+    """Mean over days of (x's mean over seeds - y's), per stacked replicate."""
+    return _nanmean(_nanmean(x, axis=1) - _nanmean(y, axis=1), axis=1)
+
+
+def _probability_of_improvement(x: np.ndarray, y: np.ndarray) -> np.ndarray:
+    """Mean over days of the fraction of seed pairs where x > y (ties 1/2), per stacked replicate."""
+    n, sx, n_days = x.shape
+    out = np.empty(n)
+    # Blocks of replicates bound the memory of the (replicates, sx, sy, days) comparison.
+    block = max(1, _PAIR_BLOCK // (sx * y.shape[1] * n_days))
+    for start in range(0, n, block):
+        xs = x[start : start + block, :, np.newaxis, :]
+        ys = y[start : start + block, np.newaxis, :, :]
+        valid = ~(np.isnan(xs) | np.isnan(ys))
+        wins = (xs > ys) + 0.5 * (xs == ys)
+        per_day = _divide(wins.sum(axis=(1, 2)), valid.sum(axis=(1, 2)))
+        out[start : start + block] = _nanmean(per_day, axis=1)
+    return out
+
+
+def _nanmean(x: np.ndarray, axis: int) -> np.ndarray:
+    """np.nanmean without the warning: NaN where a slice holds no value."""
+    valid = ~np.isnan(x)
+    return _divide(np.where(valid, x, 0.0).sum(axis=axis), valid.sum(axis=axis))
+
+
+def _divide(num: np.ndarray, den: np.ndarray) -> np.ndarray:
+    """num / den, NaN where den is 0."""
+    return np.divide(num, den, out=np.full(np.shape(num), np.nan), where=den != 0)
+
+
+def _loop_rows(statistic: Statistic, values: np.ndarray) -> np.ndarray:
+    """``statistic`` on the non-NaN entries of each row of a 2-D array; NaN for a row without any."""
+    rows = (row[~np.isnan(row)] for row in values)
+    return np.array([float(statistic(r)) if r.size else float("nan") for r in rows])
+
+
+def _iqm_rows(values: np.ndarray) -> np.ndarray:
+    """:func:`iqm` of each row of a 2-D array (NaNs ignored), vectorised."""
+    ordered = np.sort(values, axis=1)  # NaNs sort last
+    n = (~np.isnan(ordered)).sum(axis=1, keepdims=True)
+    cut = n // 4  # = int(0.25 * n), scipy.stats.trim_mean's cut
+    position = np.arange(values.shape[1])
+    kept = (position >= cut) & (position < n - cut)
+    return _divide(np.where(kept, ordered, 0.0).sum(axis=1), (n - 2 * cut)[:, 0])
+
+
+# Row-wise versions of the usual statistics: a Python loop over 2000 replicates per policy and KPI is
+# what makes aggregate_table slow otherwise. Same values as the loop up to rounding.
+_VECTORISED: dict[Callable, Callable[[np.ndarray], np.ndarray]] = {
+    np.mean: lambda values: _nanmean(values, axis=1),
+    np.nanmean: lambda values: _nanmean(values, axis=1),
+    iqm: _iqm_rows,
+}
+
+
+def _n_common_days(x: np.ndarray, y: np.ndarray) -> int:
+    return int(((~np.isnan(x)).any(axis=0) & (~np.isnan(y)).any(axis=0)).sum())
+
+
+def _check_matrices(matrices: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
+    if not matrices:
+        raise ValueError("no score matrix given")
+    out = {name: np.asarray(m, dtype=float) for name, m in matrices.items()}
+    shapes = {name: m.shape for name, m in out.items()}
+    bad = [name for name, s in shapes.items() if len(s) != 2 or 0 in s]
+    if bad:
+        raise ValueError(
+            f"score matrix of {bad[0]!r} must be a non-empty (seeds, days) array, got {shapes[bad[0]]}"
+        )
+    if len({s[1] for s in shapes.values()}) > 1:
+        raise ValueError(f"score matrices must share the same days (columns); shapes: {shapes}")
+    return out
+
+
+def _check_table(df: pd.DataFrame) -> None:
+    missing = [c for c in ID_COLUMNS if c not in df.columns]
+    if missing:
+        raise ValueError(f"per-episode table lacks column(s) {', '.join(missing)}")
+    duplicated = df.duplicated(list(ID_COLUMNS))
+    if duplicated.any():
+        row = df.loc[duplicated.idxmax(), list(ID_COLUMNS)].to_dict()
+        raise ValueError(f"per-episode table has several rows for {row}")
+
+
+def _check_choice(what: str, value: str, choices: Sequence[str]) -> None:
+    if value not in choices:
+        raise ValueError(f"unknown {what} {value!r}; choose among {', '.join(map(str, choices))}")
+
+
+def _policies(df: pd.DataFrame) -> list[str]:
+    return list(pd.unique(df["policy"]))
+
+
+def _days(df: pd.DataFrame) -> list:
+    return sorted(pd.unique(df["day_id"]))
+
+
+def _select_policies(df: pd.DataFrame, policies: Sequence[str] | None) -> list[str]:
+    _check_table(df)
+    available = _policies(df)
+    for p in policies or ():
+        _check_choice("policy", p, available)
+    return available if policies is None else list(policies)
+
+
+def _others(df: pd.DataFrame, reference: str, policies: Sequence[str] | None) -> list[str]:
+    return [p for p in _select_policies(df, policies) if p != reference]
+
+
+def _select_kpis(df: pd.DataFrame, kpis: Sequence[str] | None) -> list[str]:
+    _check_table(df)
+    available = kpi_columns(df)
+    if kpis is None:
+        return [k for k in available if k in HIGHER_IS_BETTER]
+    for k in kpis:
+        _check_choice("KPI", k, available)
+    return list(kpis)
