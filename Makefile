@@ -7,7 +7,7 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 
-.PHONY: venv quickstart test lint bench clean
+.PHONY: venv quickstart test lint bench thesis clean
 
 venv: $(STAMP)
 
@@ -33,6 +33,16 @@ test: venv lint
 lint: venv
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
+
+# Regenerate the Chapter 7 figures and tables from a results folder (default: the thesis-scale
+# results; `make thesis RESULTS=results/quickstart`), then compile the chapter (TeX Live:
+# texlive-latex-base texlive-latex-recommended texlive-pictures latexmk lmodern).
+RESULTS ?= results/thesis
+
+thesis: venv
+	$(BIN)/rl-lib thesis --results $(RESULTS)
+	cd latex && latexmk
+	@echo "chapter: latex/build/main.pdf"
 
 bench: venv
 	$(BIN)/rl-lib bench env

@@ -178,6 +178,14 @@ def cmd_bench_train(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_thesis(args: argparse.Namespace) -> int:
+    from rl_lib.pipeline import figures_step
+
+    for path in figures_step(args.results, args.lang, args.figures_dir, args.tables_dir, args.agent):
+        print(f"wrote {path}")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     from rl_lib.scenarios.historical import add_data_command
 
@@ -219,6 +227,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--no-baselines", action="store_true")
     p.add_argument("--no-hindsight", action="store_true")
     p.set_defaults(func=cmd_evaluate)
+
+    p = sub.add_parser("thesis", help="Chapter 7 figures and LaTeX tables from a results folder")
+    p.add_argument("--results", required=True, help="results folder of the pipeline (runs/, evaluation/)")
+    p.add_argument("--lang", choices=("fr", "en"), default="fr")
+    p.add_argument("--figures-dir", default="thesis_figures")
+    p.add_argument("--tables-dir", default="latex/generated")
+    p.add_argument("--agent", default="dqn", help="the RL policy of the Baseline-vs-RL table")
+    p.set_defaults(func=cmd_thesis)
 
     bench = sub.add_parser("bench", help="benchmarks").add_subparsers(dest="bench", required=True)
     p = bench.add_parser("env", help="DispatchEnv decisions/s next to CartPole-v1, and the baseline table")

@@ -69,10 +69,8 @@ def git_commit() -> str | None:
     return commit + ("+dirty" if dirty else "")
 
 
-def read_metadata(run_dir: str | Path) -> dict[str, Any]:
-    """The metadata of a run dir (the one ``*_training_metadata.json`` it holds)."""
-    import json
-
+def metadata_path(run_dir: str | Path) -> Path:
+    """The ``*_training_metadata.json`` of a run dir (there is exactly one)."""
     from rl_lib.errors import UserError
 
     found = sorted(Path(run_dir).glob("*_training_metadata.json"))
@@ -81,7 +79,14 @@ def read_metadata(run_dir: str | Path) -> dict[str, Any]:
             f"{run_dir}: expected one *_training_metadata.json, found {len(found)}; is this a run dir "
             "written by rl-lib train?"
         )
-    return json.loads(found[0].read_text())
+    return found[0]
+
+
+def read_metadata(run_dir: str | Path) -> dict[str, Any]:
+    """The metadata of a run dir."""
+    import json
+
+    return json.loads(metadata_path(run_dir).read_text())
 
 
 def now() -> str:

@@ -29,6 +29,7 @@ KPI                    better when
 ``total_km``           lower
 ``refusal_rate``       lower
 ``missed_rate``        lower
+``decision_ms``        lower
 =====================  ===========
 """
 
@@ -56,6 +57,7 @@ HIGHER_IS_BETTER: dict[str, bool] = {
     "total_km": False,
     "refusal_rate": False,
     "missed_rate": False,
+    "decision_ms": False,
 }
 
 ID_COLUMNS = ("policy", "seed", "day_id")

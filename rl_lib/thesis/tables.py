@@ -1,0 +1,415 @@
+r"""The Chapter 7 LaTeX tables and number macros, written from results files only.
+
+Tables are bare ``tabular`` environments with booktabs rules (the chapter wraps them in its own
+``table`` float, caption and label); numbers are plain, with a decimal point, in math mode (a true
+minus sign). Each file starts with a comment naming the results files it was generated from, and
+is written atomically. Every function takes ``out`` (a .tex path, or a folder: then the default name
+given in its docstring, ``_en`` appended for English) and returns the path it wrote.
+"""
+
+from __future__ import annotations
+
+import math
+import re
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from rl_lib.io import atomic_write_text
+from rl_lib.stats import HIGHER_IS_BETTER
+from rl_lib.thesis.style import (
+    aggregate_values,
+    check_lang,
+    display_scale,
+    label,
+    ordered_policies,
+    output_path,
+    policy_label,
+    source_note,
+)
+
+BOUND = "hindsight_bound"
+#: Default columns of :func:`kpi_table`.
+TABLE_KPIS = ("reward_per_step", "completion_rate", "on_time_rate", "p95_lateness_min", "mean_deadhead_km")
+#: Rows of :func:`baseline_vs_rl_table` (the thesis plan's "Baseline vs RL" table).
+BASELINE_VS_RL_KPIS = ("reward_per_step", "completion_rate", "total_km", "mean_lateness_min", "decision_ms")
+#: Columns of :func:`paired_differences_table`.
+PAIRED_KPIS = ("reward_per_step", "completion_rate", "mean_deadhead_km", "p95_lateness_min")
+#: Which way is better, for the verdicts: rl_lib.stats's directions, plus the decision latency.
+BETTER_WHEN_HIGHER = {"decision_ms": False, **HIGHER_IS_BETTER}
+MAX_DECIMALS = 3
+LATEX_SPECIALS = {
+    "\\": r"\textbackslash{}", "&": r"\&", "%": r"\%", "$": r"\$", "#": r"\#", "_": r"\_",
+    "{": r"\{", "}": r"\}", "~": r"\textasciitilde{}", "^": r"\textasciicircum{}", "−": "$-$",
+}  # fmt: skip
+DIGIT_WORDS = ("Zero", "One", "Two", "Three", "Four", "Five", "Six", "Seven", "Eight", "Nine")
+
+
+def latex_escape(text: str) -> str:
+    """``text`` with LaTeX's special characters escaped; the Unicode minus (not in pdflatex's T1
+    encoding) as a math minus."""
+    return "".join(LATEX_SPECIALS.get(char, char) for char in text)
+
+
+def decimals(half_widths: np.ndarray, values: np.ndarray) -> int:
+    """Decimals to show a group of numbers with, from their typical CI half-width.
+
+    One significant digit of the median half-width, two when that digit is a 1 (0.13 -> 2 decimals,
+    0.6 -> 1): the last digit shown is the first uncertain one. Without any interval, three
+    significant digits of the values. Between 0 and :data:`MAX_DECIMALS`.
+
+    :param half_widths: half-widths of the intervals (NaN or 0 where none).
+    :param values: the point estimates.
+    """
+    widths = half_widths[np.isfinite(half_widths) & (half_widths > 0)]
+    magnitudes = np.abs(values[np.isfinite(values) & (values != 0)])
+    if widths.size:
+        width = float(np.median(widths))
+        exponent = math.floor(math.log10(width))
+        digits = -exponent + (1 if width / 10**exponent < 2 else 0)
+    elif magnitudes.size:
+        digits = 2 - math.floor(math.log10(float(np.median(magnitudes))))
+    else:
+        digits = 0
+    return int(np.clip(digits, 0, MAX_DECIMALS))
+
+
+def number(value: float, digits: int, sign: bool = False) -> str:
+    """``value`` rounded to ``digits`` decimals, with ``+`` when ``sign``; never ``-0.0``."""
+    rounded = round(value, digits) or 0.0  # -0.0 is falsy: shown as 0.0
+    return f"{rounded:{'+' if sign else ''}.{digits}f}"
+
+
+def interval_cell(value: float, low: float, high: float, digits: int) -> str:
+    """``value`` over ``[low, high]`` (smaller), top-aligned in the row; ``--`` without a value.
+
+    Stacked rather than side by side: five KPI columns then fit the text width.
+    """
+    if not np.isfinite(value):
+        return "--"
+    if not (np.isfinite(low) and np.isfinite(high)):
+        return f"${number(value, digits)}$"
+    interval = rf"{{\footnotesize$[{number(low, digits)}, {number(high, digits)}]$}}"
+    return rf"\begin{{tabular}}[t]{{@{{}}c@{{}}}}${number(value, digits)}$\\{interval}\end{{tabular}}"
+
+
+def header_cell(text: str) -> str:
+    """A column header, on two lines (at the space nearest its middle) when long."""
+    spaces = [i for i, char in enumerate(text) if char == " "]
+    if len(text) <= 10 or not spaces:
+        return latex_escape(text)
+    cut = min(spaces, key=lambda i: abs(i - len(text) / 2))
+    return two_lines(text[:cut], text[cut + 1 :])
+
+
+def two_lines(top: str, bottom: str) -> str:
+    """A header cell of two centred lines (plain text, escaped here)."""
+    return rf"\shortstack{{{latex_escape(top)}\\{latex_escape(bottom)}}}"
+
+
+def tabular(spec: str, header: Sequence[str], body: Sequence[str], notes: Sequence[str] = ()) -> list[str]:
+    """A booktabs ``tabular``: header, rule, body rows (``\\midrule`` entries kept as they are), notes.
+
+    :param body: rows as ``"a & b & c"`` (the ``\\\\`` is added), or ``"\\midrule"``.
+    :param notes: lines after the bottom rule, each spanning every column.
+    """
+    rows = []
+    for row in body:
+        if row != r"\midrule" and rows and rows[-1] != r"\midrule":
+            rows.append(r"\addlinespace[3pt]")  # air between rows of stacked (two-line) cells
+        rows.append(row if row == r"\midrule" else rf"{row} \\")
+    spanned = [rf"\multicolumn{{{len(header)}}}{{l}}{{\footnotesize {note}}} \\" for note in notes]
+    return [rf"\begin{{tabular}}{{{spec}}}", r"\toprule", " & ".join(header) + r" \\", r"\midrule", *rows,
+            r"\bottomrule", *spanned, r"\end{tabular}"]  # fmt: skip
+
+
+def write_tex(path: Path, comments: Sequence[str], lines: Sequence[str]) -> Path:
+    """Write comment lines then ``lines`` to ``path`` atomically; returns ``path``."""
+    atomic_write_text(path, "".join(f"% {c}\n" for c in comments) + "\n".join(lines) + "\n")
+    return path
+
+
+def kpi_table(
+    aggregate: pd.DataFrame,
+    out: str | Path,
+    lang: str = "fr",
+    *,
+    sources: Sequence[str | Path],
+    kpis: Sequence[str] = TABLE_KPIS,
+    statistic: str = "mean",
+) -> Path:
+    """Every policy's KPIs as ``mean [95 % CI]`` (the interval under the mean): rows = policies,
+    columns = KPIs.
+
+    The hindsight bound comes last, under a rule, with its two KPIs (``--`` elsewhere). Each column
+    is rounded to its typical interval half-width (:func:`decimals`).
+
+    :param aggregate: ``rl_lib.stats.aggregate_table`` output (rates as fractions; shown in %).
+    :param out: .tex path or folder (default name ``kpi_table.tex``).
+    :param lang: ``"fr"`` or ``"en"``.
+    :param sources: the results file(s) ``aggregate`` was read from (named in the file's first line).
+    :param kpis: columns, in order.
+    :param statistic: ``"mean"`` (default) or ``"iqm"``.
+    :return: the .tex file written.
+    :raises ValueError: bad aggregate table, or a KPI it does not have.
+    """
+    check_lang(lang)
+    note = source_note("tables.kpi_table", sources)
+    values = aggregate_values(aggregate, statistic)
+    missing = [k for k in kpis if k not in values.index.get_level_values("kpi")]
+    if missing:
+        raise ValueError(f"aggregate table has no KPI {', '.join(missing)}; pass kpis=[...] it has")
+    policies = ordered_policies(values.index.get_level_values("policy"))
+    table = values.reindex(pd.MultiIndex.from_product([policies, kpis], names=["policy", "kpi"]))
+    digits = {k: decimals(((table["high"] - table["low"]) / 2).xs(k, level="kpi").to_numpy(),
+                          table["value"].xs(k, level="kpi").to_numpy()) for k in kpis}  # fmt: skip
+    body = []
+    for policy in policies:
+        if policy == BOUND and len(policies) > 1:
+            body.append(r"\midrule")
+        cells = [interval_cell(*table.loc[(policy, k), ["value", "low", "high"]], digits[k]) for k in kpis]
+        body.append(" & ".join([latex_escape(policy_label(policy, lang)), *cells]))
+    header = [label("policy", lang), *(header_cell(label(k, lang)) for k in kpis)]
+    described = f"Cells: {statistic} [95 % CI], rates in %."
+    return write_tex(output_path(out, "kpi_table", lang, ".tex"), [note, described],
+                     tabular("l" + "c" * len(kpis), header, body))  # fmt: skip
+
+
+def verdict(kpi: str, difference: float, digits: int, lang: str) -> str:
+    """``better``, ``worse`` or ``equal`` (at the shown precision) for the agent, in ``lang``."""
+    if float(number(difference, digits)) == 0:
+        return label("equal", lang)
+    return label("better" if (difference > 0) == BETTER_WHEN_HIGHER[kpi] else "worse", lang)
+
+
+def baseline_vs_rl_table(
+    aggregate: pd.DataFrame,
+    out: str | Path,
+    lang: str = "fr",
+    reference: str = "nearest",
+    agent: str = "dqn",
+    *,
+    sources: Sequence[str | Path],
+) -> Path:
+    """The "Baseline vs RL" table: reward per decision, service rate, distance, lateness, latency.
+
+    Columns: the reference baseline and the agent as ``mean [95 % CI]``, their difference (agent -
+    reference) and a verdict (better / worse / equal for the agent, from each KPI's direction),
+    marked with a dagger when the two intervals overlap. Every cell comes from ``aggregate``: there is
+    no way to pass a target value, and a row where the agent is worse says so. The difference is one
+    of means; its own interval needs the paired per-day scores (``rl_lib.stats.paired_differences``).
+
+    :param aggregate: ``rl_lib.stats.aggregate_table`` output with the five KPIs for both policies
+        (``decision_ms`` is not in aggregate_table's default KPIs: ask for it).
+    :param out: .tex path or folder (default name ``baseline_vs_rl.tex``).
+    :param lang: ``"fr"`` or ``"en"``.
+    :param reference: the baseline policy.
+    :param agent: the RL policy.
+    :param sources: the results file(s) ``aggregate`` was read from (named in the file's first line).
+    :return: the .tex file written.
+    :raises ValueError: bad aggregate table, or a KPI missing (or NaN) for either policy.
+    """
+    check_lang(lang)
+    note = source_note("tables.baseline_vs_rl_table", sources)
+    values = aggregate_values(aggregate, "mean")
+    wanted = [(p, k) for k in BASELINE_VS_RL_KPIS for p in (reference, agent)]
+    missing = [
+        f"{p}/{k}" for p, k in wanted if (p, k) not in values.index or np.isnan(values.loc[(p, k), "value"])
+    ]
+    if missing:
+        raise ValueError(f"aggregate table has no measured value for {', '.join(missing)}; "
+                         "the table is filled from measurements only")  # fmt: skip
+    body, overlaps = [], False
+    for kpi in BASELINE_VS_RL_KPIS:
+        ref, ref_low, ref_high = values.loc[(reference, kpi), ["value", "low", "high"]]
+        ag, ag_low, ag_high = values.loc[(agent, kpi), ["value", "low", "high"]]
+        digits = decimals(np.array([ref_high - ref_low, ag_high - ag_low]) / 2, np.array([ref, ag]))
+        difference = ag - ref
+        word = verdict(kpi, difference, digits, lang)
+        overlap = max(ref_low, ag_low) <= min(ref_high, ag_high) and word != label("equal", lang)
+        overlaps |= overlap
+        body.append(" & ".join([
+            latex_escape(label(kpi, lang)),
+            interval_cell(ref, ref_low, ref_high, digits),
+            interval_cell(ag, ag_low, ag_high, digits),
+            f"${number(difference, digits, sign=True)}$",
+            latex_escape(word) + (r"\textsuperscript{\dag}" if overlap else ""),
+        ]))  # fmt: skip
+    header = [
+        label("indicator", lang),
+        two_lines(label("reference", lang), policy_label(reference, lang)),
+        two_lines(label("agent", lang), policy_label(agent, lang)),
+        two_lines(label("difference", lang), label("difference_of", lang)),
+        label("verdict", lang),
+    ]
+    notes = [rf"\dag{{}} {latex_escape(label('ci_overlap', lang))}."] if overlaps else []
+    described = "Cells: mean [95 % CI]; difference = agent - reference (means); rates in %."
+    path = output_path(out, "baseline_vs_rl", lang, ".tex")
+    return write_tex(path, [note, described], tabular("lcccl", header, body, notes))
+
+
+def paired_differences_table(
+    paired: pd.DataFrame,
+    improvement: pd.DataFrame,
+    out: str | Path,
+    lang: str = "fr",
+    *,
+    sources: Sequence[str | Path],
+    kpis: Sequence[str] = PAIRED_KPIS,
+) -> Path:
+    """Each policy minus the reference, day by day: ``mean difference [95 % CI]`` per KPI (an
+    asterisk when the interval excludes 0), and the probability of improvement on the reward.
+
+    :param paired: ``rl_lib.stats.paired_differences`` output.
+    :param improvement: ``rl_lib.stats.probability_of_improvement`` output (one KPI).
+    :param out: .tex path or folder (default name ``paired_differences.tex``).
+    :param sources: the results files both frames were read from.
+    :raises ValueError: a KPI the paired table does not have.
+    """
+    check_lang(lang)
+    missing = [k for k in kpis if k not in set(paired["kpi"])]
+    if missing:
+        raise ValueError(f"paired differences have no KPI {', '.join(missing)}")
+    policies = [p for p in ordered_policies(paired["policy"]) if p != BOUND]
+    rows = paired.set_index(["policy", "kpi"])
+    poi = improvement.set_index("policy")
+    digits = {}
+    for k in kpis:
+        part = rows.xs(k, level="kpi").loc[policies]
+        scale = display_scale(k)
+        digits[k] = decimals(scale * (part["ci_high"] - part["ci_low"]).to_numpy() / 2,
+                             scale * part["mean_diff"].to_numpy())  # fmt: skip
+    body, starred = [], False
+    for policy in policies:
+        cells = [latex_escape(policy_label(policy, lang))]
+        for k in kpis:
+            r, scale = rows.loc[(policy, k)], display_scale(k)
+            cell = interval_cell(scale * r["mean_diff"], scale * r["ci_low"], scale * r["ci_high"], digits[k])
+            if bool(r["ci_excludes_zero"]):
+                cell += r"	extsuperscript{*}"
+                starred = True
+            cells.append(cell)
+        p = poi.loc[policy]
+        cells.append(interval_cell(p["prob_improvement"], p["ci_low"], p["ci_high"], 2))
+        body.append(" & ".join(cells))
+    reference = policy_label(str(paired["reference"].iloc[0]), lang)
+    header = [label("policy", lang), *(header_cell(label(k, lang)) for k in kpis),
+              header_cell(label("prob_improvement", lang))]  # fmt: skip
+    notes = [rf"* {latex_escape(label('ci_excludes_zero', lang))}."] if starred else []
+    described = f"Cells: policy - {reference}, mean over days [95 % CI]; rates in %."
+    return write_tex(output_path(out, "paired_differences", lang, ".tex"),
+                     [source_note("tables.paired_differences_table", sources), described],
+                     tabular("l" + "c" * (len(kpis) + 1), header, body, notes))  # fmt: skip
+
+
+#: Rows of :func:`hyperparameters_table`: DQN config key -> label.
+HYPERPARAMETERS = {
+    "net_arch": {"fr": "Réseau $Q_\\theta$ (ReLU)", "en": "$Q_\\theta$ network (ReLU)"},
+    "learning_rate": {"fr": "Taux d'apprentissage (Adam)", "en": "Learning rate (Adam)"},
+    "gamma": {"fr": "Facteur d'actualisation $\\gamma$", "en": "Discount factor $\\gamma$"},
+    "buffer_size": {"fr": "Mémoire de rejeu (transitions)", "en": "Replay buffer (transitions)"},
+    "batch_size": {"fr": "Taille des mini-lots", "en": "Mini-batch size"},
+    "learning_starts": {"fr": "Pas aléatoires avant apprentissage", "en": "Random steps before learning"},
+    "train_freq": {"fr": "Pas entre deux mises à jour", "en": "Steps between updates"},
+    "gradient_steps": {"fr": "Descentes de gradient par mise à jour", "en": "Gradient steps per update"},
+    "target_update_interval": {"fr": "Copie du réseau cible (pas)", "en": "Target network copy (steps)"},
+    "exploration": {"fr": "Exploration $\\varepsilon$", "en": "Exploration $\\varepsilon$"},
+    "max_grad_norm": {"fr": "Norme maximale du gradient", "en": "Maximum gradient norm"},
+    "total_timesteps": {"fr": "Pas d'entraînement", "en": "Training steps"},
+}
+
+
+def hyperparameters_table(
+    config: Mapping, out: str | Path, lang: str = "fr", *, sources: Sequence[str | Path]
+) -> Path:
+    """The DQN hyperparameters of the evaluated runs, read from their recorded configuration.
+
+    :param config: a run's ``config`` (its metadata), i.e. ``rl_lib.config.to_dict(ExperimentConfig)``.
+    :param out: .tex path or folder (default name ``hyperparameters.tex``).
+    """
+    check_lang(lang)
+    d, training = config["training"]["dqn"], config["training"]
+    steps = "des pas" if lang == "fr" else "of steps"
+    values = {  # numbers only: LaTeX-ready as they are
+        "net_arch": "--".join(str(int(n)) for n in d["net_arch"]),
+        "learning_rate": f"{d['learning_rate']:g}",
+        "gamma": f"{d['gamma']:g}",
+        "buffer_size": str(int(d["buffer_size"])),
+        "batch_size": str(int(d["batch_size"])),
+        "learning_starts": str(int(d["learning_starts"])),
+        "train_freq": str(int(d["train_freq"])),
+        "gradient_steps": str(int(d["gradient_steps"])),
+        "target_update_interval": str(int(d["target_update_interval"])),
+        "exploration": rf"${d['exploration_initial_eps']:g} \to {d['exploration_final_eps']:g}$, "
+        rf"{100 * d['exploration_fraction']:g}~\% {steps}",
+        "max_grad_norm": f"{d['max_grad_norm']:g}",
+        "total_timesteps": str(int(training["total_timesteps"])),
+    }
+    body = [f"{HYPERPARAMETERS[k][lang]} & {v}" for k, v in values.items()]
+    return write_tex(output_path(out, "hyperparameters", lang, ".tex"),
+                     [source_note("tables.hyperparameters_table", sources)],
+                     tabular("ll", [label("parameter", lang), label("value", lang)], body))  # fmt: skip
+
+
+def macro_name(key: str) -> str:
+    """A LaTeX command name from ``key``: letters only, each word capitalised, digits spelt out.
+
+    ``best_step`` -> ``BestStep``, ``DQN_completion`` -> ``DQNCompletion``, ``p95_lateness`` ->
+    ``PNineFiveLateness``. Capitalised names stay clear of LaTeX's own (``\\day``, ``\\time``).
+
+    :raises ValueError: ``key`` has no letter or digit.
+    """
+    parts = [DIGIT_WORDS[int(t)] if t.isdigit() else t for t in re.findall(r"[A-Za-z]+|[0-9]", key)]
+    if not parts:
+        raise ValueError(f"cannot make a LaTeX macro name from {key!r}")
+    return "".join(p[:1].upper() + p[1:] for p in parts)
+
+
+def macro_value(value: float | str, significant: int) -> str:
+    """A macro's body: strings escaped, integers as they are, floats to ``significant`` digits.
+
+    :raises ValueError: NaN or infinite (a hole in the thesis text).
+    """
+    if isinstance(value, str):
+        return latex_escape(value)
+    if isinstance(value, (int, np.integer)) and not isinstance(value, bool):
+        return str(value)
+    value = float(value)
+    if not math.isfinite(value):
+        raise ValueError(f"not a finite number: {value}")
+    digits = 0 if value == 0 else max(0, significant - 1 - math.floor(math.log10(abs(value))))
+    return number(value, digits)
+
+
+def numbers_macros(
+    values: Mapping[str, float | str], out: str | Path, *, sources: Sequence[str | Path], significant: int = 3
+) -> Path:
+    r"""``\newcommand`` macros for the numbers quoted in the chapter's text.
+
+    ``{"DQN_completion": 73.41}`` gives ``\newcommand{\DQNCompletion}{73.4}``: the text says
+    ``\DQNCompletion\,\%`` and never holds a number typed by hand. Values are written as given (no
+    percent scaling); pass a string for any other formatting.
+
+    :param values: key (sanitised with :func:`macro_name`) -> number or text.
+    :param out: .tex path or folder (default name ``numbers.tex``).
+    :param sources: the results file(s) the values were read from (named in the file's first line).
+    :param significant: significant digits of floats (integers are never rounded).
+    :return: the .tex file written.
+    :raises ValueError: two keys giving one macro name, a key without letters or digits, a NaN value.
+    """
+    note = source_note("tables.numbers_macros", sources)
+    names: dict[str, str] = {}
+    lines = []
+    for key, value in values.items():
+        name = macro_name(key)
+        if name in names:
+            raise ValueError(f"keys {names[name]!r} and {key!r} both give the macro \\{name}")
+        names[name] = key
+        try:
+            lines.append(rf"\newcommand{{\{name}}}{{{macro_value(value, significant)}}}")
+        except ValueError as error:
+            raise ValueError(f"{key}: {error}") from None
+    # The macros have no language: always the plain name, as latex/main.tex inputs it.
+    return write_tex(output_path(out, "numbers", "fr", ".tex"), [note], lines)

@@ -1,0 +1,358 @@
+"""Thesis output: figures are vector PDFs with embedded TrueType fonts, tables are well-formed
+booktabs LaTeX holding the measured numbers (and nothing else), labels switch language."""
+
+from __future__ import annotations
+
+import json
+import re
+import shutil
+from pathlib import Path
+
+import matplotlib as mpl
+import numpy as np
+import pandas as pd
+import pytest
+from conftest import tiny_config
+
+from rl_lib.errors import UserError
+from rl_lib.thesis import (
+    baseline_vs_rl_table,
+    checkpoint_timeline,
+    kpi_comparison,
+    kpi_table,
+    label,
+    learning_curves,
+    numbers_macros,
+    save_figure,
+    thesis_style,
+    training_diagnostics,
+)
+from rl_lib.thesis.style import LABELS, new_figure, ordered_policies, output_path, policy_color
+from rl_lib.thesis.tables import macro_name
+from rl_lib.training import train
+
+LANGS = ("fr", "en")
+SOURCES = ["results/evaluation/aggregate.csv"]
+
+
+@pytest.fixture(scope="module")
+def run_dirs(tmp_path_factory) -> list[Path]:
+    """Two real (tiny) training runs: seeds 0 and 1."""
+    root = tmp_path_factory.mktemp("runs")
+    dirs = [root / f"tiny_seed{seed}" for seed in (0, 1)]
+    for seed, run_dir in zip((0, 1), dirs, strict=True):
+        train(tiny_config(seed=seed), run_dir, log=lambda *a: None)
+    return dirs
+
+
+def aggregate_row(policy: str, kpi: str, mean: float, half_width: float) -> dict:
+    """One row of rl_lib.stats.aggregate_table output (the IQM set equal to the mean)."""
+    low, high = mean - half_width, mean + half_width
+    return {"policy": policy, "kpi": kpi, "mean": mean, "mean_ci_low": low, "mean_ci_high": high,
+            "iqm": mean, "iqm_ci_low": low, "iqm_ci_high": high, "n_seeds": 3, "n_days": 30}  # fmt: skip
+
+
+MEASURED_KPIS = ("reward_per_step", "completion_rate", "on_time_rate", "p95_lateness_min", "mean_deadhead_km",
+                 "total_km", "mean_lateness_min", "decision_ms")  # fmt: skip
+#: (mean, CI half-width) per policy and KPI (in MEASURED_KPIS order), in the results files' units.
+MEASURED = {
+    policy: dict(zip(MEASURED_KPIS, values, strict=True))
+    for policy, values in {
+        "dqn": [(6.812, 0.041), (0.7412, 0.0061), (0.8123, 0.012), (12.34, 0.81), (1.234, 0.052),
+                (2310.0, 41.0), (3.21, 0.22), (0.412, 0.013)],
+        "nearest": [(6.501, 0.038), (0.7201, 0.0058), (0.7012, 0.011), (16.52, 0.92), (0.987, 0.047),
+                    (2250.0, 39.0), (4.45, 0.25), (0.051, 0.002)],
+        "random": [(4.102, 0.061), (0.6034, 0.0092), (0.5021, 0.015), (25.11, 1.42), (2.511, 0.083),
+                   (2701.0, 52.0), (8.12, 0.41), (0.032, 0.001)],
+    }.items()
+}  # fmt: skip
+BOUND = {"reward_per_step": (7.903, 0.035), "completion_rate": (0.9012, 0.0043)}
+
+
+def measured_aggregate(measured: dict = MEASURED) -> pd.DataFrame:
+    rows = [aggregate_row(p, k, m, h) for p, kpis in measured.items() for k, (m, h) in kpis.items()]
+    rows += [aggregate_row("hindsight_bound", k, m, h) for k, (m, h) in BOUND.items()]
+    return pd.DataFrame(rows)
+
+
+def assert_vector_pdf_with_type42_fonts(path: Path) -> None:
+    """A PDF whose every font is embedded TrueType: Type0/CIDFontType2 or TrueType with a FontFile2.
+
+    Matplotlib writes its font dictionaries uncompressed, so their subtypes can be read from the
+    bytes; Type 3 (matplotlib's default) or Type 1 fonts would show up there.
+    """
+    data = path.read_bytes()
+    assert data.startswith(b"%PDF") and len(data) > 2000
+    subtypes = set(re.findall(rb"/Type\s*/Font\s*/Subtype\s*/(\w+)", data))
+    subtypes |= set(re.findall(rb"/Subtype\s*/(\w+)\s*/Type\s*/Font\b", data))
+    assert subtypes, "no font in the PDF"
+    assert subtypes <= {b"Type0", b"CIDFontType2", b"TrueType"}, subtypes
+    assert b"/FontFile2" in data
+    assert not re.search(rb"/Subtype\s*/Type[13]\b", data)
+    assert b"/Subtype /Image" not in data  # vector only: nothing rasterised
+
+
+#: A stacked cell (mean over interval): a one-column tabular inside a cell.
+STACKED = re.compile(r"\\begin\{tabular\}\[t\]\{@\{\}c@\{\}\}(.*?)\\\\(.*?)\\end\{tabular\}")
+
+
+def tabular_rows(tex: str) -> tuple[str, list[list[str]]]:
+    """The column spec and the cells of every row (header included) of the file's one outer tabular.
+
+    Stacked cells are flattened to ``mean interval``.
+    """
+    tex = STACKED.sub(r"\1 \2", tex)
+    assert tex.count(r"\begin{tabular}") == 1 and tex.count(r"\end{tabular}") == 1
+    spec = re.search(r"\\begin\{tabular\}\{([^}]*)\}", tex).group(1)
+    inside = tex.split(r"\begin{tabular}", 1)[1].split(r"\end{tabular}", 1)[0]
+    lines = [ln.strip() for ln in inside.splitlines()[1:] if ln.strip().endswith(r"\\")]
+    rows = [re.split(r"(?<!\\)&", ln[: -len(r"\\")]) for ln in lines if not ln.startswith(r"\multicolumn")]
+    return spec, rows
+
+
+def assert_well_formed(tex: str) -> None:
+    unescaped = re.sub(r"\\[\\{}%]", "", tex)  # a line break, or an escaped brace or percent
+    depth = 0
+    for char in unescaped:
+        depth += {"{": 1, "}": -1}.get(char, 0)
+        assert depth >= 0, "closing brace without an opening one"
+    assert depth == 0, "unbalanced braces"
+    assert tex.count(r"\begin{tabular}") == tex.count(r"\end{tabular}") >= 1
+    for rule in (r"\toprule", r"\midrule", r"\bottomrule"):
+        assert rule in tex
+    assert tex.index(r"\toprule") < tex.index(r"\midrule") < tex.index(r"\bottomrule")
+    first = tex.splitlines()[0]
+    assert first.startswith("% Generated by rl_lib.thesis.") and SOURCES[0] in first
+
+
+# Style ---------------------------------------------------------------------------------------------
+
+
+def test_labels_are_french_by_default_with_an_english_switch():
+    assert label("completion_rate") == "Taux de service (%)"
+    assert label("completion_rate", "en") == "Service rate (%)"
+    assert label("mean_deadhead_km") == "Kilomètres à vide par course"
+    assert label("p95_lateness_min") == "Retard p95 (min)"
+    assert label("on_time_rate") == "Ponctualité (%)"
+    assert label("reward_per_step") == "Récompense par décision"
+    assert label("step") == "Pas d'entraînement"
+    assert all(set(entry) == set(LANGS) for entry in LABELS.values())
+    with pytest.raises(KeyError, match="no thesis label"):
+        label("completion_rat")
+    with pytest.raises(ValueError, match="lang"):
+        label("step", "de")
+
+
+def test_style_is_scoped_and_colours_are_stable():
+    before = mpl.rcParams["pdf.fonttype"]
+    with thesis_style():
+        assert mpl.rcParams["pdf.fonttype"] == 42 and mpl.rcParams["ps.fonttype"] == 42
+    assert mpl.rcParams["pdf.fonttype"] == before
+    assert policy_color("dqn") == policy_color("dqn") != policy_color("nearest")
+    assert policy_color("some_new_policy") == policy_color("some_new_policy")
+
+
+def test_policies_keep_one_order_with_the_bound_last():
+    given = ["hindsight_bound", "new_ablation", "random", "dqn", "nearest"]
+    assert ordered_policies(given) == ["dqn", "nearest", "random", "new_ablation", "hindsight_bound"]
+
+
+def test_save_figure_writes_atomically_a_type42_pdf(tmp_path):
+    fig = new_figure((3, 2))
+    fig.subplots().plot([0, 1], [1, 0], label="é")
+    path = save_figure(fig, tmp_path / "sub" / "f.pdf", note="from x.csv")
+    assert_vector_pdf_with_type42_fonts(path)
+    assert b"from x.csv" in path.read_bytes()
+    assert [p.name for p in path.parent.iterdir()] == ["f.pdf"]  # no temporary file left
+
+
+def test_save_figure_closes_a_pyplot_figure(tmp_path):
+    import matplotlib.pyplot as plt
+
+    fig = plt.figure()
+    save_figure(fig, tmp_path / "f.pdf")
+    assert not plt.fignum_exists(fig.number)
+
+
+def test_output_names_default_to_the_french_stem(tmp_path):
+    assert output_path(tmp_path, "kpi_table", "fr", ".tex") == tmp_path / "kpi_table.tex"
+    assert output_path(tmp_path, "kpi_table", "en", ".tex") == tmp_path / "kpi_table_en.tex"
+    assert output_path(tmp_path / "x.tex", "kpi_table", "en", ".tex") == tmp_path / "x.tex"
+
+
+# Figures -------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("lang", LANGS)
+def test_learning_curves(run_dirs, tmp_path, lang):
+    path = learning_curves(run_dirs, tmp_path, lang)
+    assert path.name == ("learning_curves.pdf" if lang == "fr" else "learning_curves_en.pdf")
+    assert_vector_pdf_with_type42_fonts(path)
+    assert str(run_dirs[1].name).encode() in path.read_bytes()  # its sources, in the PDF's Subject
+
+
+def test_learning_curves_draw_one_line_per_algorithm(run_dirs, tmp_path):
+    other = tmp_path / "ppo_like"
+    shutil.copytree(run_dirs[0], other)
+    meta_path = next(other.glob("*_training_metadata.json"))
+    meta = json.loads(meta_path.read_text())
+    meta["algo"] = "maskable_ppo"
+    meta_path.write_text(json.dumps(meta))
+    assert_vector_pdf_with_type42_fonts(learning_curves([*run_dirs, other], tmp_path / "two.pdf"))
+
+
+def test_learning_curves_refuse_a_run_without_evaluations(run_dirs, tmp_path):
+    empty = tmp_path / "empty"
+    shutil.copytree(run_dirs[0], empty)
+    meta_path = next(empty.glob("*_training_metadata.json"))
+    meta_path.write_text(json.dumps({**json.loads(meta_path.read_text()), "evaluations": []}))
+    with pytest.raises(UserError, match="no evaluation"):
+        learning_curves([run_dirs[0], empty], tmp_path)
+
+
+@pytest.mark.parametrize("lang", LANGS)
+def test_checkpoint_timeline(run_dirs, tmp_path, lang):
+    assert_vector_pdf_with_type42_fonts(checkpoint_timeline(run_dirs[0], tmp_path, lang))
+
+
+@pytest.mark.parametrize("lang", LANGS)
+def test_training_diagnostics(run_dirs, tmp_path, lang):
+    assert_vector_pdf_with_type42_fonts(training_diagnostics(run_dirs[0], tmp_path, lang))
+
+
+def test_training_diagnostics_without_events_is_a_clear_error(run_dirs, tmp_path):
+    bare = tmp_path / "bare"
+    shutil.copytree(run_dirs[0], bare, ignore=shutil.ignore_patterns("tensorboard"))
+    with pytest.raises(UserError, match="no TensorBoard event file"):
+        training_diagnostics(bare, tmp_path)
+
+
+@pytest.mark.parametrize("lang", LANGS)
+def test_kpi_comparison(tmp_path, lang):
+    path = kpi_comparison(measured_aggregate(), tmp_path, lang, sources=SOURCES)
+    assert path.name == ("kpi_comparison.pdf" if lang == "fr" else "kpi_comparison_en.pdf")
+    assert_vector_pdf_with_type42_fonts(path)
+
+
+def test_kpi_comparison_needs_a_source_and_the_aggregate_columns(tmp_path):
+    with pytest.raises(ValueError, match="sources"):
+        kpi_comparison(measured_aggregate(), tmp_path, sources=[])
+    with pytest.raises(ValueError, match="mean_ci_low"):
+        kpi_comparison(measured_aggregate().drop(columns="mean_ci_low"), tmp_path, sources=SOURCES)
+
+
+# Tables --------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("lang", LANGS)
+def test_kpi_table_holds_the_measured_numbers(tmp_path, lang):
+    path = kpi_table(measured_aggregate(), tmp_path, lang, sources=SOURCES)
+    tex = path.read_text()
+    assert_well_formed(tex)
+    spec, rows = tabular_rows(tex)
+    assert spec == "lccccc"
+    assert len(rows) == 1 + 4  # header, dqn, nearest, random, the bound
+    assert all(len(row) == 6 for row in rows)
+    dqn = dict(zip(("policy", "reward", "completion", "on_time", "p95", "deadhead"), rows[1], strict=True))
+    assert label("dqn", lang) in dqn["policy"]
+    # Each column rounded to its median CI half-width: 0.0395, 0.595 points, 1.2 points, 0.92, 0.052.
+    assert dqn["reward"].strip() == r"$6.81$ {\footnotesize$[6.77, 6.85]$}"
+    assert "$74.1$" in dqn["completion"] and "[73.5, 74.7]" in dqn["completion"]
+    assert "$81.2$" in dqn["on_time"] and "$12.3$" in dqn["p95"] and "$1.23$" in dqn["deadhead"]
+    bound = rows[-1]
+    assert label("hindsight_bound", lang) in bound[0] and "$90.1$" in bound[2] and bound[3].strip() == "--"
+    assert "do not edit" in tex.splitlines()[0]
+
+
+def table_numbers(tex: str) -> set[str]:
+    body = tex.split(r"\midrule", 1)[1].split(r"\bottomrule", 1)[0]
+    body = re.sub(r"\\addlinespace\[\w+\]", "", body)  # row spacing, not a number of the table
+    return set(re.findall(r"[+-]?\d+\.\d+|[+-]?\d+", body))
+
+
+def baseline_vs_rl_numbers(measured: dict) -> set[str]:
+    """Every number the table may hold: the two policies' rounded means and bounds, and differences."""
+    expected = set()
+    # Decimals per row: from the median CI half-width (0.0395, 0.595 points, 40, 0.235, 0.0075).
+    for kpi, digits in [("reward_per_step", 2), ("completion_rate", 1), ("total_km", 0),
+                        ("mean_lateness_min", 1), ("decision_ms", 3)]:  # fmt: skip
+        scale = 100 if kpi == "completion_rate" else 1
+        for policy in ("nearest", "dqn"):
+            mean, half = measured[policy][kpi]
+            expected |= {f"{scale * v:.{digits}f}" for v in (mean, mean - half, mean + half)}
+        diff = scale * (measured["dqn"][kpi][0] - measured["nearest"][kpi][0])
+        expected.add(f"{diff:+.{digits}f}")
+    return expected
+
+
+@pytest.mark.parametrize("lang", LANGS)
+def test_baseline_vs_rl_table_is_filled_from_measurements_only(tmp_path, lang):
+    tex = baseline_vs_rl_table(measured_aggregate(), tmp_path, lang, sources=SOURCES).read_text()
+    assert_well_formed(tex)
+    spec, rows = tabular_rows(tex)
+    assert spec == "lcccl" and len(rows) == 1 + 5 and all(len(row) == 5 for row in rows)
+    assert [row[0].strip() for row in rows[1:]] == [
+        label(k, lang).replace("%", r"\%")
+        for k in ("reward_per_step", "completion_rate", "total_km", "mean_lateness_min", "decision_ms")
+    ]
+    assert table_numbers(tex) <= baseline_vs_rl_numbers(MEASURED)
+    # The agent is measured worse on distance and decision latency: the table says so.
+    verdicts = {row[0].strip(): row[4].strip() for row in rows[1:]}
+    assert verdicts[label("total_km", lang)].startswith(label("worse", lang))
+    assert verdicts[label("decision_ms", lang)] == label("worse", lang)
+    assert verdicts[label("reward_per_step", lang)] == label("better", lang)
+    latency = next(row for row in rows if row[0].strip() == label("decision_ms", lang))
+    assert latency[3].strip() == "$+0.361$"
+
+
+def test_baseline_vs_rl_table_shows_an_agent_worse_than_the_baseline(tmp_path):
+    worse = {**MEASURED, "dqn": {**MEASURED["dqn"], "reward_per_step": (6.101, 0.040),
+                                 "completion_rate": (0.6801, 0.0060)}}  # fmt: skip
+    tex = baseline_vs_rl_table(measured_aggregate(worse), tmp_path, sources=SOURCES).read_text()
+    _, rows = tabular_rows(tex)
+    reward, completion = rows[1], rows[2]
+    assert reward[3].strip() == "$-0.40$" and reward[4].strip() == "moins bon"
+    assert completion[3].strip() == "$-4.0$" and completion[4].strip() == "moins bon"
+    assert table_numbers(tex) <= baseline_vs_rl_numbers(worse)
+
+
+def test_baseline_vs_rl_table_marks_overlapping_intervals(tmp_path):
+    close = {**MEASURED, "dqn": {**MEASURED["dqn"], "total_km": (2260.0, 41.0)}}
+    tex = baseline_vs_rl_table(measured_aggregate(close), tmp_path, sources=SOURCES).read_text()
+    _, rows = tabular_rows(tex)
+    assert rows[3][4].strip() == r"moins bon\textsuperscript{\dag}"
+    assert r"\dag{} les IC à 95 \% se chevauchent" in tex
+
+
+def test_baseline_vs_rl_table_refuses_a_missing_measurement(tmp_path):
+    aggregate = measured_aggregate()
+    aggregate = aggregate[~((aggregate["policy"] == "dqn") & (aggregate["kpi"] == "decision_ms"))]
+    with pytest.raises(ValueError, match="dqn/decision_ms"):
+        baseline_vs_rl_table(aggregate, tmp_path, sources=SOURCES)
+    assert not (tmp_path / "baseline_vs_rl.tex").exists()
+
+
+def test_numbers_macros(tmp_path):
+    values = {"DQN_completion": 74.1234, "num_days": 30, "p95_lateness": 12.345, "BestStep": "15 000",
+              "gap": -0.000123, "share": "12 %"}  # fmt: skip
+    path = numbers_macros(values, tmp_path, sources=SOURCES)
+    tex = path.read_text()
+    assert path.name == "numbers.tex"
+    assert tex.splitlines()[0].startswith("% Generated by rl_lib.thesis.tables.numbers_macros from")
+    assert r"\newcommand{\DQNCompletion}{74.1}" in tex
+    assert r"\newcommand{\NumDays}{30}" in tex
+    assert r"\newcommand{\PNineFiveLateness}{12.3}" in tex
+    assert r"\newcommand{\BestStep}{15 000}" in tex
+    assert r"\newcommand{\Gap}{-0.000123}" in tex
+    assert r"\newcommand{\Share}{12 \%}" in tex
+    unescaped = re.sub(r"\\[{}%]", "", tex)
+    assert unescaped.count("{") == unescaped.count("}")
+
+
+def test_numbers_macros_refuse_clashing_names_and_holes(tmp_path):
+    assert macro_name("seed_0") == macro_name("seed0") == "SeedZero"
+    with pytest.raises(ValueError, match="both give"):
+        numbers_macros({"seed_0": 1.0, "seed0": 2.0}, tmp_path, sources=SOURCES)
+    with pytest.raises(ValueError, match="finite"):
+        numbers_macros({"x": np.nan}, tmp_path, sources=SOURCES)
+    assert not (tmp_path / "numbers.tex").exists()
