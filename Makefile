@@ -18,14 +18,19 @@ $(STAMP): pyproject.toml
 	$(BIN)/python -m pip install --quiet -e ".[dev]"
 	touch $(STAMP)
 
-# The main job: a masked DQN trained for a few minutes (three-level checkpoints in the run dir;
-# rerunning resumes or, once completed, skips), then its best model next to every baseline and
-# the hindsight bound on 30 test days.
-QUICKSTART_RUN := results/quickstart/dqn
+# The main job: the thesis pipeline at quick scale (params/quickstart.yaml), through the
+# notebooks: 01 trains a masked DQN and a MaskablePPO (2 seeds each, resumable run dirs), 02
+# evaluates them next to every baseline and the hindsight bound on held-out test days, 03 writes
+# the Chapter 7 figures (thesis_figures/) and tables (latex/generated/). Then the KPI table.
+QUICKSTART := results/quickstart
+PAPERMILL  := $(BIN)/papermill --no-progress-bar -f params/quickstart.yaml
 
 quickstart: venv
-	$(BIN)/rl-lib train --config configs/dqn_quickstart.yaml --run-dir $(QUICKSTART_RUN) --no-progress
-	$(BIN)/rl-lib evaluate $(QUICKSTART_RUN) --days 30
+	mkdir -p $(QUICKSTART)/notebooks
+	$(PAPERMILL) notebooks/01_train.ipynb $(QUICKSTART)/notebooks/01_train.ipynb
+	$(PAPERMILL) notebooks/02_evaluate.ipynb $(QUICKSTART)/notebooks/02_evaluate.ipynb
+	$(PAPERMILL) notebooks/03_chapter7_figures.ipynb $(QUICKSTART)/notebooks/03_chapter7_figures.ipynb
+	$(BIN)/rl-lib report $(QUICKSTART)
 
 test: venv lint
 	$(BIN)/python -m pytest -q

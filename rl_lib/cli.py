@@ -178,6 +178,28 @@ def cmd_bench_train(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_report(args: argparse.Namespace) -> int:
+    import pandas as pd
+
+    from rl_lib.evaluation import format_table
+
+    evaluation = Path(args.results) / "evaluation"
+    path = evaluation / "aggregate.csv"
+    if not path.is_file():
+        raise UserError(f"{path}: missing; run the evaluation step (notebook 02_evaluate) first")
+    aggregate = pd.read_csv(path)
+    summary = aggregate.rename(columns={"mean_ci_low": "ci_low", "mean_ci_high": "ci_high"})
+    print(f"{args.results}: mean [95 % stratified-bootstrap CI] over test days and seeds ({path})")
+    print(format_table(summary[summary["kpi"].isin(args.kpis)]))
+    paired = pd.read_csv(evaluation / "paired_differences.csv")
+    reward = paired[paired["kpi"] == "reward"]
+    print("\nReward difference to the nearest-vehicle baseline, paired by day [95 % CI]:")
+    for row in reward.itertuples():
+        verdict = "CI excludes 0" if row.ci_excludes_zero else "CI includes 0"
+        print(f"  {row.policy:16s} {row.mean_diff:+9.1f} [{row.ci_low:+.1f}, {row.ci_high:+.1f}]  {verdict}")
+    return 0
+
+
 def cmd_thesis(args: argparse.Namespace) -> int:
     from rl_lib.pipeline import figures_step
 
@@ -227,6 +249,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--no-baselines", action="store_true")
     p.add_argument("--no-hindsight", action="store_true")
     p.set_defaults(func=cmd_evaluate)
+
+    p = sub.add_parser("report", help="print a results folder's KPI table and paired differences")
+    p.add_argument("results", help="results folder of the pipeline (runs/, evaluation/)")
+    p.add_argument("--kpis", nargs="+", default=["reward", "completion_rate", "on_time_rate",
+                   "p95_lateness_min", "mean_deadhead_km", "decision_ms"])  # fmt: skip
+    p.set_defaults(func=cmd_report)
 
     p = sub.add_parser("thesis", help="Chapter 7 figures and LaTeX tables from a results folder")
     p.add_argument("--results", required=True, help="results folder of the pipeline (runs/, evaluation/)")
