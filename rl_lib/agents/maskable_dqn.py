@@ -16,7 +16,6 @@ gives an unmasked DQN with the same Q-network.
 
 from __future__ import annotations
 
-import copy
 from typing import Any, NamedTuple
 
 import numpy as np
@@ -96,7 +95,8 @@ class MaskableReplayBuffer(ReplayBuffer):
         so the twin shares them (no copy) as long as ``rows_written_meanwhile`` more transitions
         cannot reach them; otherwise (and once full) the twin holds copies.
         """
-        twin = copy.copy(self)
+        twin = object.__new__(type(self))  # not copy.copy: that would pickle the arrays
+        twin.__dict__.update(self.__dict__)
         share = not self.full and self.pos + rows_written_meanwhile < self.buffer_size
         for name in (*_TRANSITION_ARRAYS, "next_action_masks"):
             array = getattr(self, name, None)
