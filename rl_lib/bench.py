@@ -150,7 +150,7 @@ def measure_full_buffer_costs(work_dir, buffer_size: int = 100_000) -> FullBuffe
     buffer = model.replay_buffer
     rng = np.random.default_rng(0)
     buffer.observations[:] = rng.random(buffer.observations.shape, dtype=np.float32)
-    if buffer.next_observations is not None:  # absent with optimize_memory_usage
+    if getattr(buffer, "next_observations", None) is not None:  # absent with optimize_memory_usage
         buffer.next_observations[:] = buffer.observations
     buffer.full = True
     manager = CheckpointManager(Path(work_dir), "bench")
