@@ -288,7 +288,7 @@ def paired_differences_table(
             r, scale = rows.loc[(policy, k)], display_scale(k)
             cell = interval_cell(scale * r["mean_diff"], scale * r["ci_low"], scale * r["ci_high"], digits[k])
             if bool(r["ci_excludes_zero"]):
-                cell += r"	extsuperscript{*}"
+                cell += r"\textsuperscript{*}"
                 starred = True
             cells.append(cell)
         p = poi.loc[policy]
