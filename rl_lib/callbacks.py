@@ -124,9 +124,13 @@ class EvalCallback(BaseCallback):
         self.history = list(state["history"])
         self.collapse_count = state["collapse_count"]
         self.best = state["best"]
-        # best_model.zip may hold a model evaluated after this checkpoint: never lose it.
+        self.adopt_best_on_disk(best_on_disk)
+
+    def adopt_best_on_disk(self, best_on_disk: dict[str, Any] | None) -> None:
+        """best_model.zip may hold a model evaluated after the checkpoint resumed from (or with no
+        checkpoint at all): never let a worse model replace it."""
         if best_on_disk and (self.best is None or best_on_disk["mean_reward"] > self.best["mean_reward"]):
-            self.best = best_on_disk
+            self.best = {k: best_on_disk[k] for k in ("step", "mean_reward", "std_reward")}
 
     def due(self, step: int) -> bool:
         """True once ``step`` has crossed a multiple of eval_freq since the last evaluation."""
@@ -155,14 +159,22 @@ class EvalCallback(BaseCallback):
             "seconds": round(time.perf_counter() - start, 3),
         }
         improved = self.best is None or record["mean_reward"] > self.best["mean_reward"]
-        record["new_best"] = improved
+        # After a resume, the evaluation that produced the best model on disk comes again: the same
+        # event as in an uninterrupted run, with nothing to save.
+        replayed = self.best is not None and (step, record["mean_reward"]) == (
+            self.best["step"],
+            self.best["mean_reward"],
+        )
+        if improved:  # on disk first: the record never names a best model that is not there
+            best = {k: record[k] for k in ("step", "mean_reward", "std_reward")}
+            self.manager.save_best(model_bytes(self.model), best)
+            self.best = best
+        record["new_best"] = improved or replayed
         self.history.append(record)
         self.logger.record("eval/mean_reward", record["mean_reward"])
         self.logger.record("eval/completion_rate", record["completion_rate"])
         self.logger.dump(step)  # written at the evaluation's own step, as SB3's EvalCallback does
-        if improved:
-            self.best = {k: record[k] for k in ("step", "mean_reward", "std_reward")}
-            self.manager.save_best(model_bytes(self.model), self.best)
+        if improved or replayed:
             self.collapse_count = 0
         elif record["mean_reward"] < self.best["mean_reward"] - self.collapse_drop * max(
             abs(self.best["mean_reward"]), 1.0
@@ -201,11 +213,11 @@ class CheckpointCallback(BaseCallback):
 
     def _on_rollout_start(self) -> None:
         step = self.num_timesteps
+        stopping = self.stop.requested  # read once: a stop must never halt without this save
         due = step // self.checkpoint_freq > (self.last_saved_step or 0) // self.checkpoint_freq
-        if due or (self.stop.requested and step != self.last_saved_step):
+        if due or (stopping and step != self.last_saved_step):
             self.save()
-        if self.stop.requested:
-            self.halted = True
+        self.halted = stopping
 
     def save(self) -> None:
         """Snapshot now (in memory), write in the background."""

@@ -29,6 +29,7 @@ from __future__ import annotations
 
 import json
 import re
+import shutil
 import threading
 import time
 import warnings
@@ -59,6 +60,10 @@ def adaptive_checkpoint_freq(total_timesteps: int) -> int:
     if total_timesteps < 20_000:
         return 500
     return 1_000
+
+
+#: Bytes a save must leave free on the disk, whatever the budget: a full disk loses more than a save.
+FREE_DISK_MARGIN = 200 * 10**6
 
 
 class DiskBudgetExceeded(RuntimeError):
@@ -142,35 +147,54 @@ class CheckpointManager:
 
     def verify(self, manifest: Path) -> str | None:
         """None when every file of the checkpoint matches its manifest, else the reason."""
+        stem = manifest.name[: -len(MANIFEST_SUFFIX)]
         try:
             recorded = json.loads(manifest.read_text())["files"]
-        except (OSError, ValueError, KeyError, TypeError) as exc:
-            return f"unreadable manifest ({exc})"
-        for filename, entry in recorded.items():
+            entries = {name: (int(e["bytes"]), str(e["sha256"])) for name, e in recorded.items()}
+        except (OSError, ValueError, KeyError, TypeError, AttributeError) as exc:
+            return f"unreadable manifest ({exc!r})"
+        for required in (stem + MODEL_SUFFIX, stem + STATE_SUFFIX):
+            if required not in entries:
+                return f"the manifest does not list {required}"
+        for filename, (size, digest) in entries.items():
             path = manifest.parent / filename
             if not path.is_file():
                 return f"{filename} is missing"
-            if path.stat().st_size != entry["bytes"]:
-                return f"{filename} has {path.stat().st_size} bytes, the manifest says {entry['bytes']}"
-            if sha256_file(path) != entry["sha256"]:
+            if path.stat().st_size != size:
+                return f"{filename} has {path.stat().st_size} bytes, the manifest says {size}"
+            if sha256_file(path) != digest:
                 return f"{filename} does not match its sha256"
         return None
 
     def latest_valid(self) -> Checkpoint | None:
-        """The newest checkpoint whose files match their manifest; broken ones are skipped loudly."""
+        """The newest checkpoint whose files match their manifest.
+
+        A broken one is reported and deleted (it can never be resumed from, and it would otherwise
+        count among the ``keep`` newest at the next rotation); the previous one is used.
+        """
         remove_stale_temporaries(self.checkpoint_dir)
         for step, manifest in self.manifests():
             problem = self.verify(manifest)
             if problem is None:
                 return Checkpoint(step, self.stem(step))
             warnings.warn(
-                f"checkpoint at step {step} is not usable ({problem}); falling back to the previous one",
+                f"checkpoint at step {step} is not usable ({problem}); deleted, falling back to the "
+                "previous one",
                 stacklevel=2,
             )
+            self._delete(step)
         return None
 
     # ------------------------------------------------------------------ saving
     def check_budget(self, new_bytes: int, what: str) -> None:
+        """Refuse a save that would exceed the disk budget, or leave the disk nearly full."""
+        existing = next(p for p in (self.run_dir, *self.run_dir.parents) if p.exists())
+        free = shutil.disk_usage(existing).free
+        if new_bytes + self._pending_bytes + FREE_DISK_MARGIN > free:
+            raise DiskBudgetExceeded(
+                f"saving {what} ({new_bytes / 1e6:.1f} MB) would leave less than "
+                f"{FREE_DISK_MARGIN / 1e6:.0f} MB free on the disk ({free / 1e6:.0f} MB free); free space"
+            )
         if self.disk_budget_bytes is None:
             return
         used = folder_bytes(self.run_dir) if self.run_dir.exists() else 0
@@ -218,13 +242,15 @@ class CheckpointManager:
             self._pending_bytes = 0
 
     def _rotate(self) -> None:
-        for step, manifest in self.manifests()[self.keep :]:
-            # Manifest first: a half-deleted checkpoint must never look complete.
-            manifest.unlink(missing_ok=True)
-            stem = self.stem(step)
-            for suffix in (MODEL_SUFFIX, BUFFER_SUFFIX, STATE_SUFFIX):
-                stem.with_name(stem.name + suffix).unlink(missing_ok=True)
+        for step, _ in self.manifests()[self.keep :]:
+            self._delete(step)
             self.on_event("rotated", step, {})
+
+    def _delete(self, step: int) -> None:
+        stem = self.stem(step)
+        # Manifest first: a half-deleted checkpoint must never look complete.
+        for suffix in (MANIFEST_SUFFIX, MODEL_SUFFIX, BUFFER_SUFFIX, STATE_SUFFIX):
+            stem.with_name(stem.name + suffix).unlink(missing_ok=True)
 
     def wait(self) -> None:
         """Block until the save in flight is on disk; re-raise its error, if any."""

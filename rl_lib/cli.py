@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import math
 import sys
 from pathlib import Path
 
@@ -16,6 +17,11 @@ def positive_int(text: str) -> int:
         raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}") from None
     if value < 1:
         raise argparse.ArgumentTypeError(f"expected a positive integer, got {value}")
+    return value
+
+
+def non_negative_int(text: str) -> int:
+    value = positive_int(text) if text.strip() != "0" else 0
     return value
 
 
@@ -74,8 +80,8 @@ def cmd_train(args: argparse.Namespace) -> int:
         budget = parse_size(args.disk_budget) if args.disk_budget is not None else None
     except ValueError as exc:
         raise UserError(f"--disk-budget: {exc}") from None
-    if args.max_wall_time is not None and args.max_wall_time <= 0:
-        raise UserError("--max-wall-time must be a positive number of seconds")
+    if args.max_wall_time is not None and not (math.isfinite(args.max_wall_time) and args.max_wall_time > 0):
+        raise UserError("--max-wall-time must be a positive, finite number of seconds")
     result = train(
         cfg,
         args.run_dir,
@@ -191,7 +197,10 @@ def cmd_report(args: argparse.Namespace) -> int:
     summary = aggregate.rename(columns={"mean_ci_low": "ci_low", "mean_ci_high": "ci_high"})
     print(f"{args.results}: mean [95 % stratified-bootstrap CI] over test days and seeds ({path})")
     print(format_table(summary[summary["kpi"].isin(args.kpis)]))
-    paired = pd.read_csv(evaluation / "paired_differences.csv")
+    paired_path = evaluation / "paired_differences.csv"
+    if not paired_path.is_file():
+        raise UserError(f"{paired_path}: missing; run the evaluation step (notebook 02_evaluate) again")
+    paired = pd.read_csv(paired_path)
     reward = paired[paired["kpi"] == "reward"]
     print("\nReward difference to the nearest-vehicle baseline, paired by day [95 % CI]:")
     for row in reward.itertuples():
@@ -269,7 +278,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--config", help=config_help)
     p.add_argument("--steps", type=positive_int, default=20_000, help="steps per timing round")
     p.add_argument("--rounds", type=positive_int, default=5, help="interleaved timing rounds")
-    p.add_argument("--days", type=int, default=30, help="test days for the KPI table (0: skip it)")
+    p.add_argument(
+        "--days", type=non_negative_int, default=30, help="test days for the KPI table (0: skip it)"
+    )
     p.add_argument("--no-hindsight", action="store_true", help="skip the hindsight bound")
     p.set_defaults(func=cmd_bench_env)
 

@@ -123,6 +123,7 @@ def evaluate_step(
     which: str = "best",
     hindsight_time_limit_s: float = 5.0,
     n_resamples: int = 2000,
+    allow_unfinished: bool = False,
 ) -> dict[str, pd.DataFrame]:
     """Every run's model, every baseline and the hindsight bound on the same held-out test days.
 
@@ -141,6 +142,11 @@ def evaluate_step(
     _check("hindsight", hindsight, isinstance(hindsight, bool), "true or false")
     runs = run_dirs(results_dir)
     metas = [read_metadata(d) for d in runs]
+    unfinished = [f"{run.name} ({meta['status']})" for run, meta in zip(runs, metas, strict=True)
+                  if meta["status"] != "completed"]  # fmt: skip
+    if unfinished and not allow_unfinished:
+        raise UserError(f"runs not completed: {', '.join(unfinished)}; finish them (rerun the training "
+                        "step) or pass allow_unfinished=True")  # fmt: skip
     scenario, reward = metas[0]["config"]["scenario"], metas[0]["config"]["reward"]
     for run, meta in zip(runs, metas, strict=True):
         if meta["config"]["scenario"] != scenario or meta["config"]["reward"] != reward:
@@ -206,6 +212,11 @@ def figures_step(
     if not agent_runs:
         raise UserError(f"parameter agent: no {agent!r} run under {Path(results_dir) / RUNS}")
     shown = agent_runs[0][1]
+    targets = {metas[run]["timesteps"]["target"] for _, run in agent_runs}
+    if len(targets) != 1:
+        raise UserError(
+            f"the {agent} runs have different step targets {sorted(targets)}; evaluate them apart"
+        )
     figures_out, tables_out = Path(figures_dir), Path(tables_dir)
     written = [
         figures.learning_curves(runs, figures_out, lang),
@@ -222,8 +233,9 @@ def figures_step(
     completion = aggregate.set_index(["policy", "kpi"])["mean"]
     shown_meta = metas[shown]
 
-    def percent(policy: str) -> str:  # French decimal comma, as the chapter prints it (text mode)
-        return f"{100 * completion[(policy, 'completion_rate')]:.1f}".replace(".", ",")
+    def percent(policy: str) -> str:  # the French chapter prints a decimal comma (text mode)
+        text = f"{100 * completion[(policy, 'completion_rate')]:.1f}"
+        return text.replace(".", ",") if lang == "fr" else text
 
     numbers = {
         "NumDays": int(aggregate["n_days"].max()),

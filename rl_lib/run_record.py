@@ -129,19 +129,25 @@ class RunRecord:
             self.data["wall_time_s"] = round(self._wall_before + time.monotonic() - self._session_start, 3)
             self.manager.write_metadata(self.data)
 
+    def _event(self, kind: str, step: int, **info: Any) -> None:
+        # A resumed run replays the steps after its checkpoint: an event already recorded stays once.
+        history = self.data["checkpoint_history"]
+        if not any(e["event"] == kind and e["step"] == step for e in history):
+            history.append({"event": kind, "step": step, "time": now(), **info})
+
     def checkpoint_event(self, kind: str, step: int, info: dict[str, Any]) -> None:
         with self._lock:
-            self.data["checkpoint_history"].append({"event": kind, "step": step, "time": now(), **info})
+            self._event(kind, step, **info)
+            if kind == "saved":  # what a resume would continue from
+                self.data["timesteps"]["done"] = max(step, self.data["timesteps"]["done"])
         self.write()
 
-    def evaluation(self, record: dict[str, Any], history: list[dict], best: dict | None, step: int) -> None:
+    def evaluation(self, record: dict[str, Any], history: list[dict], best: dict | None) -> None:
         with self._lock:
             self.data["evaluations"] = history
             self.data["best"] = best
-            self.data["timesteps"]["done"] = step
             if record.get("new_best"):
-                self.data["checkpoint_history"].append({"event": "best", "step": step, "time": now(),
-                                                        "mean_reward": record["mean_reward"]})  # fmt: skip
+                self._event("best", record["step"], mean_reward=record["mean_reward"])
         self.write()
 
     def finish(self, status: str, step: int, reason: str | None = None, **fields: Any) -> None:
@@ -152,5 +158,5 @@ class RunRecord:
             self.data["timesteps"]["done"] = step
             self.data["sessions"][-1].update(ended=now(), to_step=step, status=status)
             if status == COMPLETED:
-                self.data["checkpoint_history"].append({"event": "final", "step": step, "time": now()})
+                self._event("final", step)
         self.write()

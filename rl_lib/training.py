@@ -218,12 +218,14 @@ def train(
         manager,
         eval_freq,
         t.checkpoints.n_eval_episodes,
-        on_evaluation=lambda r: record.evaluation(r, evaluator.history, evaluator.best, model.num_timesteps),
+        on_evaluation=lambda r: record.evaluation(r, evaluator.history, evaluator.best),
         collapse_patience=t.checkpoints.collapse_patience,
         collapse_drop=t.checkpoints.collapse_drop,
     )
     if "eval" in extra:
         evaluator.load_state(extra["eval"], manager.read_best())
+    elif previous is not None:  # no usable checkpoint, but maybe a best model already on disk
+        evaluator.adopt_best_on_disk(manager.read_best())
     saver = CheckpointCallback(manager, checkpoint_freq, stop, evaluator)
     status, reason, code = COMPLETED, None, EXIT_COMPLETED
     with stop.catching_signals():

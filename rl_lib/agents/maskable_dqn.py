@@ -54,6 +54,10 @@ class MaskableReplayBuffer(ReplayBuffer):
         if not isinstance(action_space, spaces.Discrete):
             raise ValueError("MaskableReplayBuffer needs a Discrete action space")
         super().__init__(buffer_size, observation_space, action_space, *args, **kwargs)
+        if self.n_envs != 1:
+            # SB3's _get_samples draws its own env index per sample, which the masks could not follow.
+            raise ValueError("MaskableReplayBuffer supports one env (the training env of rl_lib); got "
+                             f"n_envs={self.n_envs}")  # fmt: skip
         self.next_action_masks = np.ones((self.buffer_size, self.n_envs, int(action_space.n)), dtype=bool)
 
     def add(self, obs, next_obs, action, reward, done, infos: list[dict[str, Any]]) -> None:

@@ -38,7 +38,6 @@ GLOBAL_FEATURES = ("day_elapsed", "pending_bookings", "recent_requests", "feasib
 N_BOOKING, N_VEHICLE, N_GLOBAL = len(BOOKING_FEATURES), len(VEHICLE_FEATURES), len(GLOBAL_FEATURES)
 
 
-_TIME_ROWS = np.array([0, 0, 1, 0, 0, 1, 1], dtype=float)[:, None]
 _ROW_SCALES = (
     1.0
     / np.array([1, 1, ETA_SCALE_MIN, LATENESS_SCALE_MIN, DEADHEAD_SCALE_KM, FREE_SCALE_MIN, SHIFT_SCALE_MIN])[
@@ -92,7 +91,7 @@ class DispatchEnv(gym.Env):
     | 2 | eta_to_pickup | (pickup time if assigned - now) / 180 min |
     | 3 | lateness_if_assigned | minutes after the window closes / 60 |
     | 4 | deadhead_km | empty km to the pickup / 50 |
-    | 5 | time_until_free | (end of its committed queue - now)^+ / 240 min |
+    | 5 | time_until_free | (end of its committed queue, or its shift start if later, - now)^+ / 240 min |
     | 6 | shift_remaining | (shift end - now)^+ / 720 min |
 
     Then the global block (4): day_elapsed ((now - day start) / day length), pending_bookings

@@ -669,6 +669,8 @@ def write_sample(path: str, days: int = 90, seed: int = 7, scenario: ScenarioCon
     """
     if days < 1:
         raise UserError(f"days={days}: expected a positive number of days")
+    if not isinstance(seed, int) or seed < 0:
+        raise UserError(f"seed: expected a non-negative integer, got {seed!r}")
     cfg = replace(scenario or ScenarioConfig(), seed=seed)
     if cfg.geography.travel_matrix is not None:
         raise UserError("a sample needs planar coordinates: use a scenario without geography.travel_matrix")
