@@ -98,24 +98,14 @@ def cmd_train(args: argparse.Namespace) -> int:
 def cmd_evaluate(args: argparse.Namespace) -> int:
     import pandas as pd
 
-    from rl_lib.config import from_dict
     from rl_lib.evaluation import evaluate_baselines, evaluate_runs, format_table, summarize
-    from rl_lib.experiment import ExperimentConfig
     from rl_lib.io import atomic_write_csv
+    from rl_lib.pipeline import shared_experiment
     from rl_lib.run_record import read_metadata
     from rl_lib.scenarios.synthetic import SyntheticScenario
 
     run_dirs = [Path(d) for d in args.run_dirs]
-    metas = [read_metadata(d) for d in run_dirs]
-    # Every run must have been trained and be evaluated on the same scenario and reward.
-    cfg = from_dict(ExperimentConfig, metas[0]["config"], source=str(run_dirs[0]))
-    for run_dir, meta in zip(run_dirs[1:], metas[1:], strict=True):
-        other = meta["config"]
-        if (
-            other["scenario"] != metas[0]["config"]["scenario"]
-            or other["reward"] != metas[0]["config"]["reward"]
-        ):
-            raise UserError(f"{run_dir} was trained on another scenario or reward than {run_dirs[0]}")
+    cfg = shared_experiment(run_dirs, [read_metadata(d) for d in run_dirs])
     days = _test_days(SyntheticScenario(cfg.scenario), "test", args.days)
     per_episode = evaluate_runs(run_dirs, days, cfg.reward, args.which)
     if not args.no_baselines:

@@ -116,6 +116,15 @@ def run_dirs(results_dir: str | Path) -> list[Path]:
     return found
 
 
+def shared_experiment(runs: Sequence[Path], metas: Sequence[dict]) -> ExperimentConfig:
+    """The config of runs to be compared: they must share one scenario and one reward."""
+    scenario, reward = metas[0]["config"]["scenario"], metas[0]["config"]["reward"]
+    for run, meta in zip(runs, metas, strict=True):
+        if meta["config"]["scenario"] != scenario or meta["config"]["reward"] != reward:
+            raise UserError(f"{run} was trained on another scenario or reward than {runs[0]}; evaluate apart")
+    return from_dict(ExperimentConfig, metas[0]["config"], source=str(runs[0]))
+
+
 def evaluate_step(
     results_dir: str,
     n_test_days: int = 30,
@@ -147,11 +156,7 @@ def evaluate_step(
     if unfinished and not allow_unfinished:
         raise UserError(f"runs not completed: {', '.join(unfinished)}; finish them (rerun the training "
                         "step) or pass allow_unfinished=True")  # fmt: skip
-    scenario, reward = metas[0]["config"]["scenario"], metas[0]["config"]["reward"]
-    for run, meta in zip(runs, metas, strict=True):
-        if meta["config"]["scenario"] != scenario or meta["config"]["reward"] != reward:
-            raise UserError(f"{run} was trained on another scenario or reward than {runs[0]}; evaluate apart")
-    config = from_dict(ExperimentConfig, metas[0]["config"], source=str(runs[0]))
+    config = shared_experiment(runs, metas)
     available = config.scenario.splits.test_days
     if n_test_days > available:
         raise UserError(f"parameter n_test_days: the test split holds {available} days, got {n_test_days}")
