@@ -174,6 +174,37 @@ def cmd_bench_train(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_export(args: argparse.Namespace) -> int:
+    from rl_lib.inference import export_onnx
+
+    for path in export_onnx(args.run_dir, args.which, int8=args.int8):
+        print(f"wrote {path} ({path.stat().st_size / 1e6:.2f} MB)")
+    return 0
+
+
+def cmd_bench_inference(args: argparse.Namespace) -> int:
+    import torch
+
+    from rl_lib.bench import machine_description
+    from rl_lib.inference import benchmark, export_onnx
+    from rl_lib.io import atomic_write_csv
+    from rl_lib.pipeline import shared_experiment
+    from rl_lib.run_record import read_metadata
+    from rl_lib.scenarios.synthetic import SyntheticScenario
+
+    torch.set_num_threads(1)
+    run_dir = Path(args.run_dir)
+    cfg = shared_experiment([run_dir], [read_metadata(run_dir)])
+    export_onnx(run_dir, args.which, int8=True)
+    days = _test_days(SyntheticScenario(cfg.scenario), "test", args.days)
+    result = benchmark(run_dir, days, args.which)
+    print(f"machine: {machine_description()}; one thread per backend; {args.days} test days")
+    for name, table in result.items():
+        print(f"\n{name}:\n{table.to_string(index=False)}")
+        atomic_write_csv(table, run_dir / "inference" / f"benchmark_{name}.csv")
+    return 0
+
+
 def cmd_report(args: argparse.Namespace) -> int:
     import pandas as pd
 
@@ -249,6 +280,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--no-hindsight", action="store_true")
     p.set_defaults(func=cmd_evaluate)
 
+    p = sub.add_parser("export", help="a DQN run's Q-network as ONNX (FP32, and INT8 with --int8)")
+    p.add_argument("run_dir")
+    p.add_argument("--which", choices=("best", "final"), default="best")
+    p.add_argument("--int8", action="store_true", help="also a dynamically quantised INT8 copy")
+    p.set_defaults(func=cmd_export)
+
     p = sub.add_parser("report", help="print a results folder's KPI table and paired differences")
     p.add_argument("results", help="results folder of the pipeline (runs/, evaluation/)")
     p.add_argument("--kpis", nargs="+", default=["reward", "completion_rate", "on_time_rate",
@@ -278,6 +315,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--steps", type=positive_int, default=5_000, help="training steps per timing round")
     p.add_argument("--rounds", type=positive_int, default=3, help="interleaved timing rounds")
     p.set_defaults(func=cmd_bench_train)
+
+    p = bench.add_parser("inference", help="decision latency, throughput and size per inference backend")
+    p.add_argument("run_dir")
+    p.add_argument("--which", choices=("best", "final"), default="best")
+    p.add_argument("--days", type=positive_int, default=3, help="test days played (default 3)")
+    p.set_defaults(func=cmd_bench_inference)
 
     add_data_command(sub)
     return parser

@@ -155,13 +155,11 @@ class DispatchEnv(gym.Env):
         self.core = DispatchCore(reward)
         self.n_vehicles = days[0].n_vehicles
         self.action_space = spaces.Discrete(self.n_vehicles + 1)
-        n_obs = N_BOOKING + N_VEHICLE * self.n_vehicles + N_GLOBAL
+        n_obs = observation_size(self.n_vehicles)
         self.observation_space = spaces.Box(0.0, 1.0, shape=(n_obs,), dtype=np.float32)
         self._obs = np.zeros(n_obs, dtype=np.float32)
         self._mask = np.ones(self.n_vehicles + 1, dtype=bool)  # last entry (refuse) stays True
-        self._vehicle_rows = self._obs[N_BOOKING : N_BOOKING + N_VEHICLE * self.n_vehicles].reshape(
-            N_VEHICLE, self.n_vehicles
-        )
+        self._vehicle_rows = vehicle_rows(self._obs, self.n_vehicles)
         self._next_day = 0
         self._booking = 0
         self._insertion: Insertion | None = None
@@ -190,7 +188,7 @@ class DispatchEnv(gym.Env):
         self._n_bookings = day.n_bookings
         self._decision_time = day.bookings.decision_time.tolist()  # floats: cheaper per step
         self.core.reset(self.day)
-        self._static = self._booking_features(self.day)
+        self._static = booking_features(self.day)
         self._booking = 0
         self._insertion = self.core.evaluate(0, self.day.bookings.decision_time[0])
 
@@ -274,45 +272,72 @@ class DispatchEnv(gym.Env):
         )
 
     # ------------------------------------------------------------ observation
-    def _booking_features(self, day: Day) -> np.ndarray:
-        """(n_bookings, 11 + 3): the booking block and the first three global fields.
-
-        They depend on the booking and the day only, so they are computed once per day.
-        """
-        bk = day.bookings
-        n = day.n_bookings
-        now = bk.decision_time
-        rows = np.arange(n)
-        feats = np.zeros((n, N_BOOKING + 3), dtype=np.float32)
-        feats[:, 0] = now / MINUTES_PER_DAY
-        feats[:, 1] = (bk.requested_pickup - now) / LEAD_SCALE_MIN
-        feats[:, 2] = bk.window_min / WINDOW_SCALE_MIN
-        feats[rows, 3 + bk.mobility] = 1.0
-        feats[rows, 6 + bk.priority] = 1.0
-        feats[:, 9] = day.travel.distance_km[bk.pickup_node, bk.dropoff_node] / TRIP_SCALE_KM
-        feats[:, 10] = bk.advance
-        feats[:, 11] = (now - day.start_min) / (day.end_min - day.start_min)
-        feats[:, 12] = day.pending_at_decision / PENDING_SCALE
-        feats[:, 13] = day.recent_requests_at_decision / RECENT_SCALE
-        return np.clip(feats, 0.0, 1.0)
-
     def _observation(self) -> np.ndarray:
         # Written into a preallocated buffer, then copied: this runs at every decision.
-        ins, b, obs = self._insertion, self._booking, self._obs
-        now = ins.now
-        static = self._static[b]
-        obs[:N_BOOKING] = static[:N_BOOKING]  # booking fields and 3 global ones: precomputed
-        obs[-N_GLOBAL:-1] = static[N_BOOKING:]
-        obs[-1] = ins.n_feasible / self.n_vehicles
-        rows = self._vehicle_rows  # (7, K) view of obs: one row per vehicle field
-        rows[0] = ins.feasible
-        rows[1] = ins.compatible
-        np.subtract(ins.pickup, now, out=rows[2])
-        rows[3] = ins.lateness
-        rows[4] = ins.deadhead_km
-        np.subtract(self.core.free_at, now, out=rows[5])
-        np.subtract(self.day.fleet.shift_end, now, out=rows[6])
-        rows *= _ROW_SCALES
-        np.minimum(rows, 1.0, out=rows)
-        np.maximum(rows, 0.0, out=rows)
-        return obs.copy()
+        write_observation(self._obs, self._static[self._booking], self._insertion, self.core.free_at,
+                          self.day.fleet.shift_end, self._vehicle_rows)  # fmt: skip
+        return self._obs.copy()
+
+
+def booking_features(day: Day) -> np.ndarray:
+    """(n_bookings, 11 + 3) float32: the booking block and the first three global fields.
+
+    They depend on the booking and the day only, so they are computed once per day.
+    """
+    bk = day.bookings
+    n = day.n_bookings
+    now = bk.decision_time
+    rows = np.arange(n)
+    feats = np.zeros((n, N_BOOKING + 3), dtype=np.float32)
+    feats[:, 0] = now / MINUTES_PER_DAY
+    feats[:, 1] = (bk.requested_pickup - now) / LEAD_SCALE_MIN
+    feats[:, 2] = bk.window_min / WINDOW_SCALE_MIN
+    feats[rows, 3 + bk.mobility] = 1.0
+    feats[rows, 6 + bk.priority] = 1.0
+    feats[:, 9] = day.travel.distance_km[bk.pickup_node, bk.dropoff_node] / TRIP_SCALE_KM
+    feats[:, 10] = bk.advance
+    feats[:, 11] = (now - day.start_min) / (day.end_min - day.start_min)
+    feats[:, 12] = day.pending_at_decision / PENDING_SCALE
+    feats[:, 13] = day.recent_requests_at_decision / RECENT_SCALE
+    return np.clip(feats, 0.0, 1.0)
+
+
+def observation_size(n_vehicles: int) -> int:
+    return N_BOOKING + N_VEHICLE * n_vehicles + N_GLOBAL
+
+
+def vehicle_rows(obs: np.ndarray, n_vehicles: int) -> np.ndarray:
+    """The (7, K) view of an observation vector's vehicle block (field-major)."""
+    return obs[N_BOOKING : N_BOOKING + N_VEHICLE * n_vehicles].reshape(N_VEHICLE, n_vehicles)
+
+
+def write_observation(
+    obs: np.ndarray,
+    static_row: np.ndarray,
+    insertion: Insertion,
+    free_at: np.ndarray,
+    shift_end: np.ndarray,
+    rows: np.ndarray | None = None,
+) -> None:
+    """Fill ``obs`` (float32) for one pending booking: the only code that builds observations.
+
+    :param static_row: the booking's row of :func:`booking_features`.
+    :param insertion: the core's evaluation of the booking against every vehicle.
+    :param rows: ``vehicle_rows(obs, K)`` when the caller keeps it (saves a reshape per call).
+    """
+    k = len(free_at)
+    now = insertion.now
+    obs[:N_BOOKING] = static_row[:N_BOOKING]  # booking fields and 3 global ones: precomputed
+    obs[-N_GLOBAL:-1] = static_row[N_BOOKING:]
+    obs[-1] = insertion.n_feasible / k
+    rows = vehicle_rows(obs, k) if rows is None else rows
+    rows[0] = insertion.feasible
+    rows[1] = insertion.compatible
+    np.subtract(insertion.pickup, now, out=rows[2])
+    rows[3] = insertion.lateness
+    rows[4] = insertion.deadhead_km
+    np.subtract(free_at, now, out=rows[5])
+    np.subtract(shift_end, now, out=rows[6])
+    rows *= _ROW_SCALES
+    np.minimum(rows, 1.0, out=rows)
+    np.maximum(rows, 0.0, out=rows)
