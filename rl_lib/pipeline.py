@@ -178,6 +178,13 @@ def evaluate_step(
     if hindsight:
         agents = [p for p in dict.fromkeys(per_episode["policy"]) if p != "hindsight_bound"]
         tables["gap_to_bound"] = gap_to_bound(per_episode, policies=agents, n_resamples=n_resamples)
+    dqn_runs = sorted((m["seed"], run) for run, m in zip(runs, metas, strict=True) if m["algo"] == "dqn")
+    if dqn_runs:  # the fast inference path, on the lowest-seed DQN and the first test day
+        from rl_lib.inference import benchmark, export_onnx
+
+        export_onnx(dqn_runs[0][1], which, int8=True)
+        for name, table in benchmark(dqn_runs[0][1], days[:1], which).items():
+            tables[f"inference_{name}"] = table
     out = Path(results_dir) / EVALUATION
     for name, table in tables.items():
         atomic_write_csv(table, out / f"{name}.csv")
@@ -253,4 +260,13 @@ def figures_step(
     written.append(
         tables.numbers_macros(numbers, tables_out, sources=[files["aggregate"], metadata_path(shown)])
     )
+    inference = {n: evaluation / f"inference_{n}.csv" for n in ("latency", "throughput", "size", "agreement")}
+    missing = [str(p) for p in inference.values() if not p.is_file()]
+    if missing:
+        raise UserError(f"{missing[0]}: missing; the evaluation step writes it when a DQN run is evaluated")
+    frames = {n: pd.read_csv(p) for n, p in inference.items()}
+    sources = list(inference.values())
+    written.append(figures.inference_latency(frames["latency"], frames["throughput"], figures_out, lang,
+                                             sources=sources))  # fmt: skip
+    written.append(tables.inference_table(*frames.values(), tables_out, lang, sources=sources))
     return written

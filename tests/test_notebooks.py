@@ -15,8 +15,21 @@ import yaml
 
 ROOT = Path(__file__).resolve().parents[1]
 NOTEBOOKS = sorted((ROOT / "notebooks").glob("*.ipynb"))
-FIGURES = ("learning_curves", "kpi_comparison", "checkpoint_timeline", "training_diagnostics")
-TABLES = ("kpi_table", "baseline_vs_rl", "paired_differences", "hyperparameters", "numbers")
+FIGURES = (
+    "learning_curves",
+    "kpi_comparison",
+    "checkpoint_timeline",
+    "training_diagnostics",
+    "inference_latency",
+)
+TABLES = (
+    "kpi_table",
+    "baseline_vs_rl",
+    "paired_differences",
+    "hyperparameters",
+    "inference_table",
+    "numbers",
+)
 
 
 def test_the_three_notebooks_exist():

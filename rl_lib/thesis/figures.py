@@ -330,3 +330,41 @@ def training_diagnostics(run_dir: str | Path, out: str | Path, lang: str = "fr")
                 ax.set_yscale("log")  # TD losses span orders of magnitude
         path = output_path(out, "training_diagnostics", lang, ".pdf")
         return save_figure(fig, path, source_note("figures.training_diagnostics", folders))
+
+
+def inference_latency(latency: pd.DataFrame, throughput: pd.DataFrame, out: str | Path, lang: str = "fr", *,
+                      sources: Sequence[str | Path]) -> Path:  # fmt: skip
+    """Decision latency (p50, p95, p99) and batched throughput per inference backend, log scales.
+
+    :param latency: ``rl_lib.inference.benchmark``'s latency table (backend, p50_ms, p95_ms, p99_ms).
+    :param throughput: its throughput table (backend, batch, decisions_per_s).
+    :param out: .pdf path or folder (default name ``inference_latency.pdf``).
+    :param sources: the results files the tables were read from.
+    """
+    check_lang(lang)
+    backends = list(dict.fromkeys(latency["backend"]))
+    colors = dict(zip(backends, ("#0072B2", "#E69F00", "#009E73"), strict=False))
+    with thesis_style():
+        fig = new_figure(figure_size(aspect=0.45))
+        lat_ax, thr_ax = fig.subplots(1, 2)
+        positions = np.arange(len(backends))
+        quantiles = (("p50_ms", "o"), ("p95_ms", "s"), ("p99_ms", "^"))
+        for offset, (column, marker) in zip((-0.2, 0.0, 0.2), quantiles, strict=True):
+            values = latency.set_index("backend").loc[backends, column]
+            lat_ax.scatter(positions + offset, values, marker=marker, color=[colors[b] for b in backends],
+                           label=column.split("_")[0])  # fmt: skip
+        lat_ax.set_yscale("log")
+        lat_ax.set_xticks(positions, [label(b, lang) for b in backends], rotation=15)
+        lat_ax.set_ylabel(label("latency_ms", lang))
+        lat_ax.legend(loc="upper right")
+        for backend in backends:
+            part = throughput[throughput["backend"] == backend].sort_values("batch")
+            thr_ax.plot(part["batch"], part["decisions_per_s"], marker="o", color=colors[backend],
+                        label=label(backend, lang))  # fmt: skip
+        thr_ax.set_xscale("log")
+        thr_ax.set_yscale("log")
+        thr_ax.set_xlabel(label("batch_size", lang))
+        thr_ax.set_ylabel(label("throughput", lang))
+        thr_ax.legend(loc="lower right")
+        path = output_path(out, "inference_latency", lang, ".pdf")
+        return save_figure(fig, path, source_note("figures.inference_latency", sources))

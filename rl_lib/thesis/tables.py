@@ -353,6 +353,40 @@ def hyperparameters_table(
                      tabular("ll", [label("parameter", lang), label("value", lang)], body))  # fmt: skip
 
 
+def inference_table(
+    latency: pd.DataFrame,
+    throughput: pd.DataFrame,
+    size: pd.DataFrame,
+    agreement: pd.DataFrame,
+    out: str | Path,
+    lang: str = "fr",
+    *,
+    sources: Sequence[str | Path],
+) -> Path:
+    """One row per inference backend: latency p50 / p99 (ms), throughput at batch 1 and 256,
+    model size and agreement with PyTorch, all from ``rl_lib.inference.benchmark``."""
+    check_lang(lang)
+    lat, size_, agree = (t.set_index("backend") for t in (latency, size, agreement))
+    thr = throughput.set_index(["backend", "batch"])["decisions_per_s"]
+    batches = sorted(throughput["batch"].unique())
+    body = []
+    for backend in lat.index:
+        cells = [latex_escape(label(backend, lang)), number(lat.loc[backend, "p50_ms"], 3),
+                 number(lat.loc[backend, "p99_ms"], 3)]  # fmt: skip
+        cells += [f"{thr[(backend, b)]:,.0f}".replace(",", r"\,") for b in (batches[0], batches[-1])]
+        cells += [number(size_.loc[backend, "bytes"] / 1e6, 2),
+                  number(100 * agree.loc[backend, "agreement_with_torch"], 1)]  # fmt: skip
+        body.append(" & ".join(cells))
+    per_s = label("throughput", lang)
+    header = [label("backend", lang), "p50 (ms)", "p99 (ms)", header_cell(f"{per_s}, lot {batches[0]}"),
+              header_cell(f"{per_s}, lot {batches[-1]}"), header_cell(label("model_mb", lang)),
+              header_cell(label("agreement", lang))]  # fmt: skip
+    note = source_note("tables.inference_table", sources)
+    return write_tex(
+        output_path(out, "inference_table", lang, ".tex"), [note], tabular("lrrrrrr", header, body)
+    )
+
+
 def macro_name(key: str) -> str:
     """A LaTeX command name from ``key``: letters only, each word capitalised, digits spelt out.
 
