@@ -21,8 +21,7 @@ def positive_int(text: str) -> int:
 
 
 def non_negative_int(text: str) -> int:
-    value = positive_int(text) if text.strip() != "0" else 0
-    return value
+    return 0 if text.strip() == "0" else positive_int(text)
 
 
 def _load(args: argparse.Namespace):
@@ -50,7 +49,10 @@ def cmd_baselines(args: argparse.Namespace) -> int:
         days, weights=cfg.reward, seeds=args.seeds, hindsight=not args.no_hindsight
     )
     summary = summarize(per_episode)
-    print(f"Baselines on {len(days)} {args.split} days of scenario '{cfg.scenario.name}' (mean [95% CI]):")
+    print(
+        f"Baselines on {len(days)} {args.split} days of scenario '{cfg.scenario.name}' "
+        "(mean [95% paired-bootstrap CI]):"
+    )
     print(format_table(summary))
     if args.out:
         out = Path(args.out)
@@ -112,7 +114,10 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
         baselines = evaluate_baselines(days, weights=cfg.reward, hindsight=not args.no_hindsight)
         per_episode = pd.concat([per_episode, baselines], ignore_index=True)
     summary = summarize(per_episode)
-    print(f"{len(run_dirs)} run(s), {args.which} model, on {len(days)} test days (mean [95% CI]):")
+    print(
+        f"{len(run_dirs)} run(s), {args.which} model, on {len(days)} test days "
+        "(mean [95% paired-bootstrap CI]):"
+    )
     print(format_table(summary))
     out = Path(args.out) if args.out else run_dirs[0] / "evaluations"
     atomic_write_csv(per_episode, out / f"test_{args.which}_per_episode.csv")
@@ -141,7 +146,7 @@ def cmd_bench_env(args: argparse.Namespace) -> int:
     if args.days:
         days = _test_days(scenario, "test", args.days)
         summary = summarize(evaluate_baselines(days, weights=cfg.reward, hindsight=not args.no_hindsight))
-        print(f"\nBaselines on {len(days)} test days (mean [95% CI]):")
+        print(f"\nBaselines on {len(days)} test days (mean [95% paired-bootstrap CI]):")
         print(format_table(summary))
     return 0
 
@@ -216,7 +221,7 @@ def cmd_report(args: argparse.Namespace) -> int:
         raise UserError(f"{path}: missing; run the evaluation step (notebook 02_evaluate) first")
     aggregate = pd.read_csv(path)
     summary = aggregate.rename(columns={"mean_ci_low": "ci_low", "mean_ci_high": "ci_high"})
-    print(f"{args.results}: mean [95 % stratified-bootstrap CI] over test days and seeds ({path})")
+    print(f"{args.results}: mean [95 % paired-bootstrap CI] over test days and seeds ({path})")
     print(format_table(summary[summary["kpi"].isin(args.kpis)]))
     paired_path = evaluation / "paired_differences.csv"
     if not paired_path.is_file():
@@ -252,7 +257,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--split", choices=("train", "validation", "test"), default="test")
     p.add_argument("--days", type=positive_int, default=30, help="number of days of the split (default 30)")
     p.add_argument("--seeds", type=int, nargs="+", default=[0], help="policy seeds (random baseline)")
-    p.add_argument("--no-hindsight", action="store_true", help="skip the hindsight bound (a MILP per day)")
+    p.add_argument(
+        "--no-hindsight", action="store_true", help="skip the hindsight upper bound (an LP per day)"
+    )
     p.add_argument("--out", help="folder for baselines_per_episode.csv and baselines_summary.csv")
     p.set_defaults(func=cmd_baselines)
 

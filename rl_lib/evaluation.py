@@ -8,7 +8,6 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
-from scipy import stats
 
 from rl_lib.envs.core import DispatchCore, RewardWeights
 from rl_lib.envs.day import Day
@@ -81,28 +80,13 @@ def episode_row(policy: str, seed: int, day: Day, kpis: dict, seconds: float | N
     }
 
 
-def mean_ci(values: np.ndarray, confidence: float = 0.95) -> tuple[float, float, float]:
-    """Mean and Student-t confidence interval of the mean (NaNs ignored)."""
-    x = np.asarray(values, dtype=float)
-    x = x[~np.isnan(x)]
-    if x.size == 0:
-        return (float("nan"),) * 3
-    mean = float(x.mean())
-    if x.size < 2 or np.all(x == x[0]):
-        return mean, mean, mean
-    low, high = stats.t.interval(confidence, df=x.size - 1, loc=mean, scale=stats.sem(x))
-    return mean, float(low), float(high)
-
-
 def summarize(per_episode: pd.DataFrame, kpis: Sequence[str] = SUMMARY_KPIS) -> pd.DataFrame:
-    """Per policy and KPI: mean, 95 % CI bounds and the number of episodes."""
-    rows = []
-    for policy, group in per_episode.groupby("policy", sort=False):
-        for kpi in kpis:
-            mean, low, high = mean_ci(group[kpi].to_numpy())
-            rows.append({"policy": policy, "kpi": kpi, "mean": mean, "ci_low": low, "ci_high": high,
-                         "n": int(group[kpi].notna().sum())})  # fmt: skip
-    return pd.DataFrame(rows)
+    """Per policy and KPI: mean and 95 % CI, from the evaluation protocol's paired bootstrap
+    (:func:`rl_lib.stats.aggregate_table`: the one interval method of the project)."""
+    from rl_lib.stats import aggregate_table
+
+    table = aggregate_table(per_episode, kpis=[k for k in kpis if k in per_episode.columns])
+    return table.rename(columns={"mean_ci_low": "ci_low", "mean_ci_high": "ci_high"})
 
 
 def format_table(summary: pd.DataFrame) -> str:

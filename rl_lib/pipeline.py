@@ -256,6 +256,8 @@ def figures_step(
         "NearestCompletion": percent("nearest"),
         "BestStep": int(shown_meta["best"]["step"]),
         "TotalSteps": int(shown_meta["timesteps"]["target"]),
+        "EvalFreq": int(shown_meta["eval_freq"]),
+        "NumEvalDays": int(shown_meta["config"]["training"]["checkpoints"]["n_eval_episodes"]),
     }
     written.append(
         tables.numbers_macros(numbers, tables_out, sources=[files["aggregate"], metadata_path(shown)])

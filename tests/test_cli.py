@@ -19,7 +19,7 @@ def test_baselines_prints_the_kpi_table_and_writes_csvs(tmp_path, capsys):
     per_episode = pd.read_csv(tmp_path / "baselines_per_episode.csv")
     assert len(per_episode) == 4 * 2
     summary = pd.read_csv(tmp_path / "baselines_summary.csv")
-    assert {"policy", "kpi", "mean", "ci_low", "ci_high", "n"} <= set(summary.columns)
+    assert {"policy", "kpi", "mean", "ci_low", "ci_high", "iqm", "n_days"} <= set(summary.columns)
     assert not list(tmp_path.glob(".*.tmp"))
 
 

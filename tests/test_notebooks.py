@@ -110,7 +110,16 @@ def test_tables_parse(quick_pipeline):
             assert r"\begin{tabular}" in text and r"\end{tabular}" in text
             assert r"\toprule" in text and r"\bottomrule" in text
     numbers = (generated / "numbers.tex").read_text()
-    for macro in ("NumDays", "NumSeeds", "DQNCompletion", "NearestCompletion", "BestStep", "TotalSteps"):
+    for macro in (
+        "NumDays",
+        "NumSeeds",
+        "DQNCompletion",
+        "NearestCompletion",
+        "BestStep",
+        "TotalSteps",
+        "EvalFreq",
+        "NumEvalDays",
+    ):
         assert rf"\newcommand{{\{macro}}}" in numbers
 
 

@@ -61,6 +61,7 @@ from rl_lib.config import from_dict, to_dict
 from rl_lib.envs.day import Bookings, Day, Mobility, Priority
 from rl_lib.envs.travel import TravelModel
 from rl_lib.errors import UserError
+from rl_lib.io import fsync_dir
 from rl_lib.scenarios.config import DemandConfig, Place, ScenarioConfig
 from rl_lib.scenarios.synthetic import SyntheticScenario
 
@@ -779,7 +780,10 @@ def _atomic_write(path: Path, write: Callable[[Path], object]) -> None:
     tmp = Path(name)
     try:
         write(tmp)
+        with open(tmp, "rb") as handle:  # durable before it becomes visible, like rl_lib.io's writers
+            os.fsync(handle.fileno())
         os.replace(tmp, path)
+        fsync_dir(path.parent)
     except OSError as exc:
         tmp.unlink(missing_ok=True)
         raise UserError(f"{path}: cannot write ({exc.strerror or _first_line(exc)})") from None
