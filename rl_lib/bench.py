@@ -9,6 +9,7 @@ from __future__ import annotations
 import platform
 import time
 from dataclasses import dataclass
+from pathlib import Path
 
 import gymnasium as gym
 import numpy as np
@@ -167,3 +168,42 @@ def measure_full_buffer_costs(work_dir, buffer_size: int = 100_000) -> FullBuffe
     load_checkpoint(latest, make_train_env(cfg), "dqn", "cpu")
     resume_s = time.perf_counter() - start
     return FullBufferCosts(size, snapshot_s, write_s, resume_s)
+
+
+@dataclass(frozen=True)
+class TuneRun:
+    label: str
+    workers: int
+    pruning: bool
+    trials: int
+    seconds: float
+    pruned: int
+
+    @property
+    def trials_per_hour(self) -> float:
+        return 3600 * self.trials / self.seconds
+
+
+def measure_tuning_rates(config: str | Path, trials: int, timesteps_per_trial: int, work_dir: str | Path,
+                         workers: int = 2, seed: int = 0) -> list[TuneRun]:  # fmt: skip
+    """Wall time of the same study (same seed, space, budget) run three ways, one after the other:
+    1 worker without pruning, ``workers`` without pruning, ``workers`` with pruning.
+
+    The ratio of the first two is the parallel speed-up; the last two give trials per hour with and
+    without pruning. Each run is a fresh SQLite study in ``work_dir``.
+    """
+    from rl_lib.tuning.study import TuneSettings, load_study, make_spec, optimize
+
+    runs = []
+    for label, n_workers, pruning in (("1 worker, no pruning", 1, False),
+                                      (f"{workers} workers, no pruning", workers, False),
+                                      (f"{workers} workers, pruning", workers, True)):  # fmt: skip
+        settings = TuneSettings(timesteps_per_trial=timesteps_per_trial, seed=seed, pruning=pruning)
+        spec = make_spec(config, f"bench_w{n_workers}_{'pruned' if pruning else 'full'}", work_dir,
+                         settings=settings)  # fmt: skip
+        start = time.perf_counter()
+        optimize(spec, trials, n_workers)
+        seconds = time.perf_counter() - start
+        pruned = sum(t.state.name == "PRUNED" for t in load_study(spec).get_trials(deepcopy=False))
+        runs.append(TuneRun(label, n_workers, pruning, trials, seconds, pruned))
+    return runs

@@ -164,6 +164,35 @@ def stratified_bootstrap_ci(
     }
 
 
+def relative_differences(
+    df: pd.DataFrame,
+    reference: str,
+    kpi: str = "reward",
+    policies: Sequence[str] | None = None,
+    n_resamples: int = 2000,
+    confidence: float = 0.95,
+    seed: int = 0,
+) -> pd.DataFrame:
+    """Relative gain over a reference: (mean policy - mean reference) / |mean reference|.
+
+    Means pool seeds within each day, then days, as :func:`paired_differences`; numerator and
+    denominator come from the same bootstrap replicate (paired two-level bootstrap), so the interval
+    includes the reference mean's own uncertainty.
+
+    :return: one row per policy: ``reference``, ``kpi``, ``rel_diff``, ``ci_low``, ``ci_high``,
+        ``ci_excludes_zero``.
+    """
+    ref = score_matrix(df, reference, kpi)
+    rows = []
+    for p in _others(df, reference, policies):
+        point, low, high = _bootstrap(
+            _relative_difference, {p: score_matrix(df, p, kpi), reference: ref}, n_resamples, confidence, seed
+        )
+        rows.append({"policy": p, "reference": reference, "kpi": kpi, "rel_diff": point, "ci_low": low,
+                     "ci_high": high, "ci_excludes_zero": bool(low > 0 or high < 0)})  # fmt: skip
+    return pd.DataFrame(rows)
+
+
 def aggregate_table(
     df: pd.DataFrame,
     kpis: Sequence[str] | None = None,
@@ -417,6 +446,11 @@ def _resample(matrices: Mapping[str, np.ndarray], n_resamples: int, seed: int) -
 def _mean_difference(x: np.ndarray, y: np.ndarray) -> np.ndarray:
     """Mean over days of (x's mean over seeds - y's), per stacked replicate."""
     return _nanmean(_nanmean(x, axis=1) - _nanmean(y, axis=1), axis=1)
+
+
+def _relative_difference(x: np.ndarray, y: np.ndarray) -> np.ndarray:
+    """:func:`_mean_difference` over |y's mean over seeds, then days|, per stacked replicate."""
+    return _divide(_mean_difference(x, y), np.abs(_nanmean(_nanmean(y, axis=1), axis=1)))
 
 
 def _probability_of_improvement(x: np.ndarray, y: np.ndarray) -> np.ndarray:

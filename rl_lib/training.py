@@ -19,8 +19,9 @@ import dataclasses
 import multiprocessing
 import os
 import pickle
+import time
 import warnings
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
@@ -41,6 +42,7 @@ from rl_lib.resume import model_bytes, restore
 from rl_lib.run_record import COMPLETED, DIVERGED, INTERRUPTED, RunRecord
 from rl_lib.scenarios.synthetic import SyntheticScenario
 
+STOPPED_BY_CALLER = "stopped by on_evaluation"
 EXIT_COMPLETED, EXIT_INTERRUPTED, EXIT_DIVERGED, EXIT_DISK_BUDGET = 0, 3, 4, 5
 KAGGLE_DISK_BUDGET = 20 * 10**9 - 2 * 10**9  # /kaggle/working holds 20 GB; keep 2 GB spare
 DIVERGED_ADVICE = (
@@ -144,6 +146,7 @@ def train(
     force_resume: bool = False,
     progress_bar: bool = False,
     torch_threads: int | None = 1,
+    on_evaluation: Callable[[dict, list[dict]], bool] | None = None,
     log=print,
 ) -> TrainResult:
     """Train (or resume) the agent the config describes; see the module docstring.
@@ -152,6 +155,9 @@ def train(
     :param disk_budget: bytes the run dir may hold (default: 18 GB on Kaggle, unlimited elsewhere).
     :param torch_threads: torch CPU threads; 1 (default) is fastest for these small networks and
         immune to oversubscription on shared machines. None leaves torch's default.
+    :param on_evaluation: called after each evaluation with its record and the whole history
+        (resumed evaluations included); returning True stops the run as interrupted at the next
+        checkpoint, with reason "stopped by on_evaluation" (the tuner's pruning).
     """
     if torch_threads is not None:
         th.set_num_threads(torch_threads)
@@ -213,12 +219,18 @@ def train(
 
     # 4. Learn under the three-level checkpoint callbacks.
     stop = StopRequest(max_wall_time)
+
+    def evaluated(result: dict) -> None:
+        record.evaluation(result, evaluator.history, evaluator.best)
+        if on_evaluation is not None and on_evaluation(result, evaluator.history) and stop.reason is None:
+            stop.reason = STOPPED_BY_CALLER
+
     evaluator = EvalCallback(
         eval_env,
         manager,
         eval_freq,
         t.checkpoints.n_eval_episodes,
-        on_evaluation=lambda r: record.evaluation(r, evaluator.history, evaluator.best),
+        on_evaluation=evaluated,
         collapse_patience=t.checkpoints.collapse_patience,
         collapse_drop=t.checkpoints.collapse_drop,
     )
@@ -275,7 +287,15 @@ def seed_run_dir(results_dir: str | Path, config: ExperimentConfig, seed: int) -
     return Path(results_dir) / f"{config.training.name}_seed{seed}"
 
 
-def _train_one(config: ExperimentConfig, run_dir: Path, kwargs: dict) -> TrainResult:
+def _train_one(
+    config: ExperimentConfig, run_dir: Path, kwargs: dict, deadline: float | None = None
+) -> TrainResult:
+    """One run of :func:`train_seeds`; with a ``deadline``, its wall-time budget is what is left of it
+    when the run starts (runs that wait for a free worker start later)."""
+    if deadline is not None:
+        left = max(deadline - time.time(), 1e-3)
+        given = kwargs.get("max_wall_time")
+        kwargs = {**kwargs, "max_wall_time": left if given is None else min(given, left)}
     return train(config, run_dir, **kwargs)
 
 
@@ -284,6 +304,7 @@ def train_seeds(
     seeds: Sequence[int],
     results_dir: str | Path,
     workers: int | None = None,
+    deadline: float | None = None,
     **train_kwargs,
 ) -> list[TrainResult]:
     """Train one run per seed, in parallel worker processes; each is a normal resumable run dir.
@@ -292,8 +313,12 @@ def train_seeds(
     skips completed ones. ``workers`` defaults to one per CPU core (each run uses one torch
     thread).
 
-    :param train_kwargs: passed to :func:`train` (``max_wall_time``, ``device``, ...); with
-        several workers, ``log`` is ignored and each worker prints.
+    :param deadline: ``time.time()`` by which every run must have stopped (a session limit): each
+        run's ``max_wall_time`` is cut to what is left of it when the run starts.
+    :param train_kwargs: passed to :func:`train` (``max_wall_time``, ``disk_budget``, ``device``, ...);
+        with several workers, ``log`` is ignored and each worker prints. On Kaggle, where every run
+        shares one working dir, ``disk_budget`` defaults to :data:`KAGGLE_DISK_BUDGET` split evenly
+        across the seeds (not 18 GB each).
     """
     if len(set(seeds)) != len(seeds) or not seeds:
         raise UserError(f"seeds must be distinct and non-empty, got {list(seeds)}")
@@ -301,13 +326,16 @@ def train_seeds(
         dataclasses.replace(config, training=dataclasses.replace(config.training, seed=int(s))) for s in seeds
     ]
     run_dirs = [seed_run_dir(results_dir, config, s) for s in seeds]
+    if train_kwargs.get("disk_budget") is None and on_kaggle():
+        train_kwargs["disk_budget"] = KAGGLE_DISK_BUDGET // len(seeds)
     workers = max(1, min(workers or os.cpu_count() or 1, len(seeds)))
     if workers == 1:
-        return [train(c, d, **train_kwargs) for c, d in zip(configs, run_dirs, strict=True)]
+        return [_train_one(c, d, train_kwargs, deadline) for c, d in zip(configs, run_dirs, strict=True)]
     train_kwargs.pop("log", None)  # worker processes print their progress (a callable may not pickle)
     # spawn: each worker starts clean (no forked torch threads or signal handlers).
     with ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("spawn")) as pool:
         futures = [
-            pool.submit(_train_one, c, d, train_kwargs) for c, d in zip(configs, run_dirs, strict=True)
+            pool.submit(_train_one, c, d, train_kwargs, deadline)
+            for c, d in zip(configs, run_dirs, strict=True)
         ]
         return [f.result() for f in futures]
