@@ -21,7 +21,8 @@ $(STAMP): pyproject.toml
 # The main job: the thesis pipeline at quick scale (params/quickstart.yaml), through the
 # notebooks: 01 trains a masked DQN and a MaskablePPO (2 seeds each, resumable run dirs), 02
 # evaluates them next to every baseline and the hindsight bound on held-out test days, 03 writes
-# the Chapter 7 figures (thesis_figures/) and tables (latex/generated/). Then the KPI table.
+# the Chapter 7 figures (thesis_figures/) and tables (latex/generated/), 04 runs a small Optuna study
+# and its re-training check (results/quickstart/tuning/). Then the KPI table.
 QUICKSTART := results/quickstart
 PAPERMILL  := $(BIN)/papermill --no-progress-bar -f params/quickstart.yaml
 
@@ -30,6 +31,7 @@ quickstart: venv
 	$(PAPERMILL) notebooks/01_train.ipynb $(QUICKSTART)/notebooks/01_train.ipynb
 	$(PAPERMILL) notebooks/02_evaluate.ipynb $(QUICKSTART)/notebooks/02_evaluate.ipynb
 	$(PAPERMILL) notebooks/03_chapter7_figures.ipynb $(QUICKSTART)/notebooks/03_chapter7_figures.ipynb
+	$(PAPERMILL) notebooks/04_tune.ipynb $(QUICKSTART)/notebooks/04_tune.ipynb
 	$(BIN)/rl-lib report $(QUICKSTART)
 
 test: venv lint
