@@ -9,6 +9,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pandas as pd
 import papermill
 import pytest
 import yaml
@@ -21,6 +22,9 @@ FIGURES = (
     "checkpoint_timeline",
     "training_diagnostics",
     "inference_latency",
+    "tuning_history",
+    "tuning_importances",
+    "tuning_parallel",
 )
 TABLES = (
     "kpi_table",
@@ -28,12 +32,19 @@ TABLES = (
     "paired_differences",
     "hyperparameters",
     "inference_table",
+    "tuning_params",
+    "tuning_retrain",
     "numbers",
 )
 
 
-def test_the_three_notebooks_exist():
-    assert [p.name for p in NOTEBOOKS] == ["01_train.ipynb", "02_evaluate.ipynb", "03_chapter7_figures.ipynb"]
+def test_the_four_notebooks_exist():
+    assert [p.name for p in NOTEBOOKS] == [
+        "01_train.ipynb",
+        "02_evaluate.ipynb",
+        "03_chapter7_figures.ipynb",
+        "04_tune.ipynb",
+    ]
 
 
 @pytest.mark.parametrize("path", NOTEBOOKS, ids=lambda p: p.name)
@@ -48,12 +59,15 @@ def test_committed_notebooks_are_thin_parameterised_and_stripped(path):
         )
         source = "".join(cell["source"])
         assert "def " not in source and "class " not in source, "notebooks call rl_lib; they define nothing"
-        assert len(source.splitlines()) <= 12
+        if "parameters" in cell["metadata"].get("tags", []):  # declarations only, however many
+            assert all(line.startswith("#") or " = " in line for line in source.splitlines() if line)
+        else:
+            assert len(source.splitlines()) <= 12
 
 
 @pytest.fixture(scope="module")
 def quick_pipeline(tmp_path_factory) -> Path:
-    """Run 01 -> 02 -> 03 with the quick parameters under nbval, into a temporary folder."""
+    """Run 01 -> 02 -> 03 -> 04 with the quick parameters under nbval, into a temporary folder."""
     out = tmp_path_factory.mktemp("pipeline")
     params = yaml.safe_load((ROOT / "params" / "quick.yaml").read_text())
     params.update(results_dir=str(out / "results"), figures_dir=str(out / "thesis_figures"),
@@ -90,6 +104,11 @@ def test_pipeline_writes_its_results_as_files(quick_pipeline):
         assert (evaluation / f"{name}.csv").stat().st_size > 0
     runs = sorted(p.name for p in (quick_pipeline / "results" / "runs").iterdir())
     assert runs == ["dqn_seed0", "dqn_seed1", "maskable_ppo_seed0", "maskable_ppo_seed1"]
+    study = quick_pipeline / "results" / "tuning" / "dqn"
+    assert len(pd.read_csv(study / "trials.csv")) == 4
+    decision = json.loads((study / "retrain" / "decision.json").read_text())
+    assert decision["seeds"] == [0, 1, 2, 3, 4] and len(decision["candidates"]) == 1
+    assert "tuned_config" not in decision  # the quick parameters never write configs/dqn_tuned.yaml
 
 
 def test_figures_are_vector_pdfs_with_type42_fonts(quick_pipeline):
