@@ -140,7 +140,8 @@ def test_bad_tuning_settings_and_configs_are_clear_errors(tmp_path):
     with pytest.raises(UserError, match="--study"):
         make_spec(ROOT / "configs" / "dqn.yaml", study="../x", out=tmp_path)
     with pytest.raises(UserError, match="not a usable database URL"):
-        load_study(tiny_spec(tmp_path, storage="nosuchdb://x"))
+        optimize(tiny_spec(tmp_path / "new" / "study", storage="nosuchdb://x"), 1)
+    assert not (tmp_path / "new").exists(), "a refused study leaves nothing on disk"
 
 
 def test_cli_bad_space_file_gives_one_line_and_exit_2(tmp_path):

@@ -153,6 +153,9 @@ def make_storage(spec: StudySpec) -> optuna.storages.RDBStorage:
     except (sqlalchemy.exc.ArgumentError, sqlalchemy.exc.NoSuchModuleError, ValueError) as exc:
         raise UserError(f"--storage {url!r} is not a usable database URL ({exc}); "
                         "e.g. sqlite:///study.db or postgresql+psycopg://user@host/db") from None  # fmt: skip
+    except ImportError as exc:  # e.g. postgresql:// names psycopg2, which is not installed
+        raise UserError(f"--storage {url!r} needs a database driver that is not installed ({exc.name}); "
+                        'pip install -e ".[postgresql]" and use postgresql+psycopg://') from None  # fmt: skip
     except sqlalchemy.exc.OperationalError as exc:
         reason = str(exc.orig).strip().splitlines()[0] if exc.orig else str(exc)
         raise UserError(f"cannot open the study storage {url!r}: {reason}") from None
@@ -424,8 +427,14 @@ def optimize(spec: StudySpec, n_trials: int, workers: int = 1, max_wall_time: fl
         raise UserError(f"--trials must be a positive integer, got {n_trials!r}")
     if not isinstance(workers, int) or workers < 1:
         raise UserError(f"--workers must be a positive integer, got {workers!r}")
+    created = next((p for p in reversed([spec.study_dir, *spec.study_dir.parents]) if not p.exists()), None)
     spec.study_dir.mkdir(parents=True, exist_ok=True)
-    load_study(spec)  # create it (and check a resumed one) once, before the workers race to
+    try:
+        load_study(spec)  # create it (and check a resumed one) once, before the workers race to
+    except BaseException:
+        if created is not None:  # a bad storage or setting leaves nothing behind
+            shutil.rmtree(created, ignore_errors=True)
+        raise
     if workers == 1:
         code = run_worker(spec, n_trials, 0, max_wall_time, device)
     else:
