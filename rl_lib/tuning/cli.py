@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import os
 
 
 def cmd_tune(args: argparse.Namespace) -> int:
@@ -18,7 +19,8 @@ def cmd_tune(args: argparse.Namespace) -> int:
     )
     spec = make_spec(args.config, args.study, args.out, args.storage, args.space, settings)
     print(f"study {spec.name!r}: {spec.storage_url}, run dirs in {spec.trials_dir}")
-    code = optimize(spec, args.trials, args.workers, args.max_wall_time, args.device)
+    workers = args.workers or os.cpu_count() or 1
+    code = optimize(spec, args.trials, workers, args.max_wall_time, args.device)
     if code != 0:
         print("stopped before the budget was used; run the same command again to resume")
         return code
@@ -26,7 +28,7 @@ def cmd_tune(args: argparse.Namespace) -> int:
     if args.retrain_top == 0:
         return 0
     decision = retrain(spec, args.retrain_top, args.retrain_seeds, args.n_test_days, args.retrain_timesteps,
-                       args.workers, args.device, tuned_config=args.tuned_config)  # fmt: skip
+                       workers, args.device, tuned_config=args.tuned_config)  # fmt: skip
     for row in decision["candidates"]:
         low, high = row["relative_gain_ci"]
         print(f"{row['candidate']}: reward IQM {row['iqm']:.1f}, gain over the default "
@@ -46,7 +48,7 @@ def add_tune_command(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--out", default="results/tune", help="folder of the studies (default results/tune)")
     p.add_argument("--storage", help="SQLAlchemy URL shared by workers on several machines, e.g. "
                    "postgresql+psycopg://user@host/db (default: SQLite in the study folder)")  # fmt: skip
-    p.add_argument("--workers", type=positive_int, default=1, help="processes on this machine (default 1)")
+    p.add_argument("--workers", type=positive_int, help="processes here (default: one per CPU core)")
     p.add_argument("--timesteps-per-trial", type=positive_int, default=20_000)
     p.add_argument("--evaluations-per-trial", type=positive_int, default=10, help="reports to the pruner")
     p.add_argument("--eval-episodes", type=positive_int, default=5, help="validation days per evaluation")
