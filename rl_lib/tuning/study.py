@@ -3,9 +3,11 @@
 One trial = one ordinary training run (:func:`rl_lib.training.train`) of ``timesteps_per_trial``
 steps in ``STUDY_DIR/trials/trialN``, with the trial's hyperparameters on top of the base config.
 It evaluates ``n_evaluations`` times on the validation days; each evaluation's mean reward is
-reported to Optuna, and Optuna's MedianPruner stops the run (pruned) when it falls below the
-median of earlier trials at the same step. The trial's value is its best evaluation's mean reward,
-the score that selects a run's best model. Test days are never seen by the tuner.
+reported to Optuna, and Optuna's MedianPruner stops the run (pruned) when the trial's best
+evaluation so far is below the median of the completed trials' evaluations at the same step (after
+``pruner_warmup_evaluations`` evaluations, once ``pruner_startup_trials`` trials have completed).
+The trial's value is its best evaluation's mean reward, the score that selects a run's best model.
+Test days are never seen by the tuner.
 
 Sampler: TPE with an explicit seed, ``multivariate=True`` and ``constant_liar=True`` set
 explicitly (Optuna 4 and 5 differ in defaults; the liar keeps parallel workers from sampling the
