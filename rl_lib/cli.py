@@ -244,7 +244,9 @@ def cmd_thesis(args: argparse.Namespace) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
+    from rl_lib.kaggle.cli import add_kaggle_commands
     from rl_lib.scenarios.historical import add_data_command
+    from rl_lib.tuning.cli import add_bench_tune_command, add_tune_command
 
     parser = argparse.ArgumentParser(prog="rl-lib", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
@@ -328,8 +330,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--which", choices=("best", "final"), default="best")
     p.add_argument("--days", type=positive_int, default=3, help="test days played (default 3)")
     p.set_defaults(func=cmd_bench_inference)
+    add_bench_tune_command(bench)
 
     add_data_command(sub)
+    add_kaggle_commands(sub)
+    add_tune_command(sub)
     return parser
 
 

@@ -63,28 +63,78 @@ def with_overrides(config: ExperimentConfig, overrides: dict[str, Any] | None) -
     return from_dict(ExperimentConfig, data, source="parameter overrides")
 
 
+def load_configs(configs: Sequence[str | dict], overrides: dict[str, Any] | None) -> list[ExperimentConfig]:
+    """The experiments of the ``configs`` parameter, each with the ``overrides`` applied.
+
+    An entry is a YAML path, or a config mapping as ``rl-lib kaggle build`` inlines it into a
+    kernel notebook (validated like a file); two experiments may not share a run name.
+    """
+    _check("configs", configs, isinstance(configs, (list, tuple)) and len(configs) > 0 and
+           all(isinstance(c, (str, dict)) for c in configs),
+           "a non-empty list of YAML paths (or config mappings)")  # fmt: skip
+    experiments = [
+        with_overrides(
+            load_experiment(c)
+            if isinstance(c, str)
+            else from_dict(ExperimentConfig, c, source=f"configs[{i}]"),
+            overrides,
+        )
+        for i, c in enumerate(configs)
+    ]
+    names = [e.training.name for e in experiments]
+    if len(set(names)) != len(names):
+        raise UserError(f"parameter configs: two experiments share a training.name ({names}); their run "
+                        "dirs would collide, rename one")  # fmt: skip
+    return experiments
+
+
+def check_seeds(seeds: Any) -> None:
+    _check("seeds", seeds, isinstance(seeds, (list, tuple)) and len(seeds) > 0 and
+           all(isinstance(s, int) and s >= 0 for s in seeds) and len(set(seeds)) == len(seeds),
+           "a non-empty list of distinct non-negative integers")  # fmt: skip
+
+
+def parse_disk_budget(disk_budget: Any) -> int | None:
+    """The ``disk_budget`` parameter (bytes, or a size such as ``"18GB"``) in bytes; None stays None."""
+    from rl_lib.io import parse_size
+
+    if disk_budget is None:
+        return None
+    try:
+        return parse_size(disk_budget)
+    except ValueError as exc:
+        raise UserError(f"parameter disk_budget: {exc}") from None
+
+
 def train_step(
-    configs: Sequence[str],
+    configs: Sequence[str | dict],
     seeds: Sequence[int],
     results_dir: str,
     overrides: dict[str, Any] | None = None,
     workers: int | None = None,
     max_wall_time: float | None = None,
     device: str = "auto",
+    disk_budget: int | str | None = None,
 ) -> pd.DataFrame:
     """Train every config for every seed (in parallel workers); resumes unfinished runs.
 
-    :param configs: experiment YAML paths (e.g. ``["configs/dqn.yaml", "configs/maskable_ppo.yaml"]``).
+    On Kaggle (:func:`rl_lib.training.on_kaggle`), :func:`rl_lib.kaggle.session.prepare_session`
+    runs first: a relative ``results_dir`` lies under the working dir, each run is brought from the
+    previous kernel version's output (its newest verified checkpoint) when the input holds it,
+    ``max_wall_time`` is for the whole step (default: the session limit minus a margin) and every
+    run stops by that deadline, and ``disk_budget`` defaults to 18 GB.
+
+    :param configs: experiment YAML paths (e.g. ``["configs/dqn.yaml", "configs/maskable_ppo.yaml"]``),
+        or config mappings.
     :param overrides: dotted-key overrides applied to every config (the quick / thesis scale).
+    :param max_wall_time: seconds per run and session (on Kaggle: for the whole step).
+    :param disk_budget: bytes (or ``"18GB"``) that all the runs may hold together, split evenly
+        across them; default unlimited (18 GB on Kaggle).
     :return: one row per run: run dir, status, timesteps, target, exit code.
     """
-    from rl_lib.training import train_seeds
+    from rl_lib.training import on_kaggle, train_seeds
 
-    _check("configs", configs, isinstance(configs, (list, tuple)) and len(configs) > 0 and
-           all(isinstance(c, str) for c in configs), "a non-empty list of YAML paths")  # fmt: skip
-    _check("seeds", seeds, isinstance(seeds, (list, tuple)) and len(seeds) > 0 and
-           all(isinstance(s, int) and s >= 0 for s in seeds) and len(set(seeds)) == len(seeds),
-           "a non-empty list of distinct non-negative integers")  # fmt: skip
+    check_seeds(seeds)
     _check("results_dir", results_dir, isinstance(results_dir, str) and results_dir != "", "a folder path")
     _check(
         "workers",
@@ -92,16 +142,34 @@ def train_step(
         workers is None or (isinstance(workers, int) and workers > 0),
         "a positive integer",
     )
-    experiments = [with_overrides(load_experiment(path), overrides) for path in configs]
+    wall_ok = max_wall_time is None or (isinstance(max_wall_time, (int, float)) and max_wall_time > 0)
+    _check("max_wall_time", max_wall_time, wall_ok, "a positive number of seconds")
+    budget = parse_disk_budget(disk_budget)
+    experiments = load_configs(configs, overrides)
+    runs_dir, deadline = Path(results_dir) / RUNS, None
+    if on_kaggle():
+        from rl_lib.kaggle.session import prepare_session
+
+        runs = [(e.training.name, int(s)) for e in experiments for s in seeds]
+        session = prepare_session(results_dir, runs, max_wall_time, budget)
+        runs_dir, deadline, budget, max_wall_time = (
+            session.runs_dir,
+            session.deadline,
+            session.disk_budget,
+            None,
+        )
+    per_run = None if budget is None else budget // (len(experiments) * len(seeds))
     rows = []
     for experiment in experiments:
         results = train_seeds(
             experiment,
             list(seeds),
-            Path(results_dir) / RUNS,
+            runs_dir,
             workers,
+            deadline,
             max_wall_time=max_wall_time,
             device=device,
+            disk_budget=per_run,
         )
         rows += [dataclasses.asdict(r) for r in results]
     return pd.DataFrame(rows)
@@ -198,7 +266,8 @@ def figures_step(
     tables_dir: str = "latex/generated",
     agent: str = "dqn",
 ) -> list[Path]:
-    """Every Chapter 7 figure and table from the results of :func:`train_step` and :func:`evaluate_step`.
+    """Every Chapter 7 figure and table from the results of :func:`train_step` and :func:`evaluate_step`
+    (and of the tuning step, ``results_dir/tuning/STUDY``, when it ran).
 
     The checkpoint timeline and the training diagnostics show the agent's lowest-seed run; the
     numbers quoted in the chapter's text go to ``numbers.tex`` as macros.
@@ -271,4 +340,12 @@ def figures_step(
     written.append(figures.inference_latency(frames["latency"], frames["throughput"], figures_out, lang,
                                              sources=sources))  # fmt: skip
     written.append(tables.inference_table(*frames.values(), tables_out, lang, sources=sources))
+    # The tuning section, when the results folder holds a tuning study (notebook 04 writes it too).
+    studies = sorted(p.parent for p in (Path(results_dir) / "tuning").glob("*/trials.csv"))
+    if len(studies) > 1:
+        raise UserError(f"{Path(results_dir) / 'tuning'} holds several studies; the chapter shows one")
+    if studies:
+        from rl_lib.thesis.tuning import tuning_outputs
+
+        written += tuning_outputs(studies[0], figures_out, tables_out, lang)
     return written
