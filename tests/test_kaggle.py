@@ -523,7 +523,8 @@ def test_run_pushes_versions_until_completed_with_the_exact_api_calls(emulated, 
                           {"file_pattern": remote.PULL_PATTERN, "force": True, "quiet": True})  # fmt: skip
     step = emulated_metadata(emulated, 1)["timesteps"]["done"]
     stem = f"results/emu/runs/tiny_seed0/checkpoints/tiny_checkpoint_{step}_steps"
-    assert outputs[1][2]["file_pattern"] == rf"^({re.escape(stem)})(\.zip|_replay_buffer\.pkl|_state\.pkl)$"
+    wanted = [f"{stem}{s}" for s in (".zip", "_replay_buffer.pkl", "_state.pkl")]  # what its manifest lists
+    assert outputs[1][2]["file_pattern"] == f"^({'|'.join(re.escape(f) for f in sorted(wanted))})$"
     # The second round: the code is unchanged, so the data set is neither created nor versioned again.
     second_round = ["get_config_value", "kernels_push", "kernels_status", "kernels_status", "kernels_output",
                     "kernels_output"]  # fmt: skip
@@ -619,3 +620,78 @@ def test_the_calls_made_fit_the_installed_kaggle_api(emulated, tmp_path):
     api.calls.append(("dataset_create_new", ("f",), {"public": False, "quiet": True, "dir_mode": "skip"}))
     for name, args, kwargs in api.calls:
         signatures[name].bind(api, *args, **kwargs)  # raises TypeError on a call the real client refuses
+
+
+def test_status_reads_the_real_kagglesdk_response():
+    enums = pytest.importorskip("kagglesdk.kernels.types.kernels_enums")
+    service = pytest.importorskip("kagglesdk.kernels.types.kernels_api_service")
+    for status, expected in ((enums.KernelWorkerStatus.COMPLETE, "complete"),
+                             (enums.KernelWorkerStatus.NEW_SCRIPT, "queued"),
+                             (enums.KernelWorkerStatus.CANCEL_ACKNOWLEDGED, "error")):  # fmt: skip
+        response = service.ApiGetKernelSessionStatusResponse()
+        response.status = status
+        api = types.SimpleNamespace(kernels_status=lambda kernel, r=response: r)
+        assert remote.status(api, "tester/rl-lib-emu") == (expected, "")
+
+
+def test_a_failed_code_data_set_upload_is_reported_at_once(tmp_path):
+    api = FakeKaggleApi(dataset_exists=True)
+    api.dataset_status = lambda ref: "failed"  # DatabundleVersionStatus.FAILED, as dataset_status says it
+    dataset = types.SimpleNamespace(ref="tester/rl-lib-code", code_hash="c" * 64, folder=tmp_path)
+    sleeps = []
+    with pytest.raises(UserError, match="is 'failed' after 0 s"):
+        remote.upload_code_dataset(api, dataset, tmp_path / "uploads.json", sleep=sleeps.append, **QUIET)
+    assert sleeps == [] and not (tmp_path / "uploads.json").exists()
+
+
+def test_credentials_are_looked_for_where_the_kaggle_cli_reads_them(tmp_path, monkeypatch):
+    from rl_lib.kaggle import credentials
+
+    home = Path(os.environ["HOME"])
+    (home / ".kaggle").mkdir()
+    (home / ".kaggle" / "kaggle.json").write_text(json.dumps({"username": "home", "key": SECRET_KEY}))
+    assert credentials.credential_sources() == [str(home / ".kaggle" / "kaggle.json")]
+    monkeypatch.setenv("KAGGLE_CONFIG_DIR", str(tmp_path / "cfg"))  # the CLI then reads only this folder
+    assert credentials.credential_sources() == [] and credentials.configured_username() is None
+    monkeypatch.setenv("KAGGLE_USERNAME", "envuser")
+    (tmp_path / "cfg").mkdir()
+    (tmp_path / "cfg" / "kaggle.json").write_text(json.dumps({"key": SECRET_KEY}))  # merged per key
+    assert credentials.credential_sources() == [str(tmp_path / "cfg" / "kaggle.json")]
+    assert credentials.configured_username() == "envuser"
+    assert SECRET_KEY in credentials.secret_values()
+
+
+def test_a_torn_checkpoint_download_is_refused_and_the_previous_pull_kept(emulated, tmp_path):
+    torn = tmp_path / "output"
+    shutil.copytree(emulated[1]["working"], torn)
+    step = emulated_metadata(emulated, 1)["timesteps"]["done"]
+    (torn / f"results/emu/runs/tiny_seed0/checkpoints/tiny_checkpoint_{step}_steps_state.pkl").write_bytes(
+        b"x"
+    )
+    kernels = tmp_path / "kk"
+    shutil.copytree(emulated["built"].folder.parent, kernels)
+    previous = tmp_path / "results" / "emu"
+    previous.mkdir(parents=True)
+    (previous / "kept").write_text("previous pull")
+    api = FakeKaggleApi(outputs=[torn])
+    api.version = 1
+    with pytest.raises(UserError, match=r"tiny_checkpoint_\d+_steps\.manifest\.json is broken"):
+        remote.pull(api, "emu", kernels_dir=kernels, results_root=tmp_path / "results", **QUIET)
+    assert sorted(p.name for p in (tmp_path / "results").iterdir()) == ["emu"]
+    assert (previous / "kept").read_text() == "previous pull"
+
+
+def test_a_swap_cut_off_between_its_renames_keeps_the_parked_folder(tmp_path):
+    from rl_lib.kaggle import swap_into_place
+
+    parked, target = tmp_path / ".run.old", tmp_path / "run"
+    parked.mkdir()
+    (parked / "checkpoint").write_text("only copy")  # an earlier swap was cut off: no target
+    with pytest.raises(FileNotFoundError):
+        swap_into_place(tmp_path / "missing-staging", target)  # and this one fails too
+    assert (parked / "checkpoint").read_text() == "only copy"  # still parked, never deleted
+    staging = tmp_path / ".run.incoming"
+    staging.mkdir()
+    (staging / "checkpoint").write_text("new")
+    swap_into_place(staging, target)
+    assert (target / "checkpoint").read_text() == "new" and not parked.exists() and not staging.exists()

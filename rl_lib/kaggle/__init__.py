@@ -17,3 +17,25 @@ The pieces, one concept per module:
 The ``kaggle`` package is imported only in :func:`rl_lib.kaggle.remote.connect`: it tries to
 authenticate as soon as it is imported.
 """
+
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+
+
+def swap_into_place(staging: Path, target: Path) -> None:
+    """Replace the folder ``target`` by the complete folder ``staging`` (renames only).
+
+    The previous ``target`` is parked as ``.NAME.old`` until the new one is in place; when an earlier
+    swap was cut off between its two renames (no ``target``, a parked ``.NAME.old``), the parked one
+    is put back first, so that it is never deleted before a replacement is in place.
+    """
+    old = target.with_name(f".{target.name}.old")
+    if old.exists() and not target.exists():
+        old.rename(target)
+    shutil.rmtree(old, ignore_errors=True)
+    if target.exists():
+        target.rename(old)
+    staging.rename(target)
+    shutil.rmtree(old, ignore_errors=True)

@@ -215,6 +215,7 @@ def build_code_dataset(
     The new folder is assembled next to ``folder`` and renamed into place, so that a failure
     leaves the previous one intact. Dependency wheels already in the old folder are reused.
     """
+    from rl_lib.kaggle import swap_into_place
     from rl_lib.kaggle.credentials import scan_for_secrets
 
     folder = Path(folder)
@@ -262,12 +263,7 @@ def build_code_dataset(
                   "rl_lib_wheel": rl_lib_wheels[0].name, "wheels": wheels, "packages": pins}  # fmt: skip
         atomic_write_json(staging / MARKER, marker)
         scan_for_secrets(staging)
-        old = folder.with_name(f".{folder.name}.old")
-        shutil.rmtree(old, ignore_errors=True)
-        if folder.exists():
-            folder.rename(old)
-        staging.rename(folder)
-        shutil.rmtree(old, ignore_errors=True)
+        swap_into_place(staging, folder)
     except BaseException:
         shutil.rmtree(staging, ignore_errors=True)
         raise

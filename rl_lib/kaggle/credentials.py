@@ -2,7 +2,7 @@
 
 The CLI authenticates with, in order: an access token (``KAGGLE_API_TOKEN``, the token itself or
 the path of a file holding it; ``~/.kaggle/access_token``), a legacy API key (``KAGGLE_USERNAME`` and
-``KAGGLE_KEY``, or ``kaggle.json`` in ``$KAGGLE_CONFIG_DIR``, ``~/.kaggle`` or
+``KAGGLE_KEY``, each overriding ``kaggle.json`` of ``$KAGGLE_CONFIG_DIR``, else ``~/.kaggle``, else
 ``$XDG_CONFIG_HOME/kaggle``), or OAuth credentials (``~/.kaggle/credentials.json``, written by
 ``kaggle auth login``). :func:`require_credentials` checks that one of them is there *before* the
 kaggle package is imported (it authenticates on import, and exits when it cannot).
@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import json
 import os
+import sys
 import zipfile
 from pathlib import Path
 
@@ -27,12 +28,32 @@ HELP = ("set KAGGLE_API_TOKEN (a token from kaggle.com > Settings > API), or put
         "~/.kaggle/access_token, or put kaggle.json (legacy key) in ~/.kaggle")  # fmt: skip
 
 
+def config_file() -> Path:
+    """The one ``kaggle.json`` the CLI reads (``KaggleApi.config``): in ``$KAGGLE_CONFIG_DIR``, else in
+    ``~/.kaggle``, else (on Linux, when ``~/.kaggle`` does not exist) in ``$XDG_CONFIG_HOME/kaggle``."""
+    if os.environ.get("KAGGLE_CONFIG_DIR"):
+        return Path(os.environ["KAGGLE_CONFIG_DIR"]) / "kaggle.json"
+    home = Path(os.path.expanduser("~"))
+    folder = home / ".kaggle"
+    if sys.platform.startswith("linux") and not folder.exists():
+        folder = Path(os.environ.get("XDG_CONFIG_HOME") or home / ".config") / "kaggle"
+    return folder / "kaggle.json"
+
+
 def config_files() -> list[Path]:
-    """The ``kaggle.json`` files the CLI may read, in its order."""
+    """Every ``kaggle.json`` the CLI might read under some setting (for the secret scan)."""
     home = Path(os.path.expanduser("~"))
     xdg = Path(os.environ.get("XDG_CONFIG_HOME") or home / ".config")
     candidates = [Path(d) / "kaggle.json" for d in [os.environ.get("KAGGLE_CONFIG_DIR")] if d]
     return candidates + [home / ".kaggle" / "kaggle.json", xdg / "kaggle" / "kaggle.json"]
+
+
+def legacy_config() -> dict:
+    """``username`` and ``key`` as the CLI merges them: ``kaggle.json``, overridden per key by
+    ``KAGGLE_USERNAME`` / ``KAGGLE_KEY``."""
+    config = {k: v for k, v in _read_json(config_file()).items() if k in ("username", "key") and v}
+    env = {"username": os.environ.get("KAGGLE_USERNAME"), "key": os.environ.get("KAGGLE_KEY")}
+    return {**config, **{k: v for k, v in env.items() if v}}
 
 
 def token_files() -> list[Path]:
@@ -62,9 +83,9 @@ def credential_sources() -> list[str]:
     if os.environ.get("KAGGLE_API_TOKEN"):
         sources.append("KAGGLE_API_TOKEN")
     sources += [str(p) for p in token_files() if p.is_file() and str(p) not in sources]
-    if os.environ.get("KAGGLE_USERNAME") and os.environ.get("KAGGLE_KEY"):
-        sources.append("KAGGLE_USERNAME/KAGGLE_KEY")
-    sources += [str(p) for p in config_files() if p.is_file() and {"username", "key"} <= _read_json(p).keys()]
+    if {"username", "key"} <= legacy_config().keys():
+        env = [k for k in ("KAGGLE_USERNAME", "KAGGLE_KEY") if os.environ.get(k)]
+        sources.append("/".join(env) if len(env) == 2 else str(config_file()))
     if oauth_file().is_file():
         sources.append(str(oauth_file()))
     return sources
@@ -81,13 +102,8 @@ def require_credentials() -> list[str]:
 def configured_username() -> str | None:
     """The user name the legacy credentials name (``KAGGLE_USERNAME`` or ``kaggle.json``), without
     the network; None when only a token is there (its user is known after authentication)."""
-    if os.environ.get("KAGGLE_USERNAME"):
-        return os.environ["KAGGLE_USERNAME"]
-    for path in config_files():
-        username = _read_json(path).get("username")
-        if isinstance(username, str) and username:
-            return username
-    return None
+    username = legacy_config().get("username")
+    return username if isinstance(username, str) and username else None
 
 
 def secret_values() -> set[str]:

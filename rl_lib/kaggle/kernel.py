@@ -79,7 +79,14 @@ class KernelSettings:
 
 
 def slugify(title: str) -> str:
-    """The slug Kaggle derives from a title (python-slugify's defaults, which the kaggle CLI uses)."""
+    """The slug Kaggle derives from a title: python-slugify's defaults, which the kaggle CLI uses
+    (installed with it); without it, the same for titles whose letters decompose to ASCII."""
+    try:
+        from slugify import slugify as python_slugify
+    except ImportError:
+        pass
+    else:
+        return python_slugify(title)
     text = unicodedata.normalize("NFKD", title).encode("ascii", "ignore").decode().lower()
     return re.sub(r"[^a-z0-9]+", "-", text).strip("-")
 
@@ -318,7 +325,7 @@ def build_kernel(
     legacy credentials (read locally, never over the network). Nothing is written when a check fails;
     the kernel folder is assembled aside and renamed into place.
     """
-    from rl_lib.kaggle import code_dataset
+    from rl_lib.kaggle import code_dataset, swap_into_place
     from rl_lib.kaggle.credentials import configured_username, scan_for_secrets
 
     check_name(name)
@@ -372,12 +379,7 @@ def build_kernel(
         atomic_write_json(staging / RECORD, record)
         validate_kernel_folder(staging)
         scan_for_secrets(staging)
-        old = folder.with_name(f".{name}.old")
-        shutil.rmtree(old, ignore_errors=True)
-        if folder.exists():
-            folder.rename(old)
-        staging.rename(folder)
-        shutil.rmtree(old, ignore_errors=True)
+        swap_into_place(staging, folder)
     except BaseException:
         shutil.rmtree(staging, ignore_errors=True)
         raise

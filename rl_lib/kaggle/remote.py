@@ -10,14 +10,17 @@ tests) and calls only these methods of it: ``dataset_status``, ``dataset_create_
   the last upload (create it, or a new version), wait until it is ready; validate; push the kernel.
 - :func:`wait`: poll ``kernels_status`` until complete or error, or the timeout.
 - :func:`pull`: the kernel's output into ``results/NAME`` (the results folder: ``runs/``, ...):
-  metadata, evaluations, the newest checkpoint of each run, best and final models, tensorboard
-  logs, and the kernel log under ``kaggle_logs/``; staged, then renamed into place.
+  metadata, evaluations, the newest checkpoint of each run (the files its manifest lists, verified
+  against it), best and final models, tensorboard logs, and the kernel log under ``kaggle_logs/``;
+  staged, then renamed into place.
 - :func:`run`: push, wait, pull, and push again while a run is interrupted, until every run is
   completed, one diverged, a version makes no progress, or ``max_versions``.
 """
 
 from __future__ import annotations
 
+import contextlib
+import io
 import json
 import re
 import shutil
@@ -27,8 +30,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from rl_lib.checkpoints import CheckpointManager
 from rl_lib.errors import UserError
 from rl_lib.io import atomic_write_json
+from rl_lib.kaggle import swap_into_place
 from rl_lib.kaggle.kernel import (
     BuiltKernel,
     build_kernel,
@@ -41,6 +46,8 @@ QUEUED, RUNNING, COMPLETE, ERROR = "queued", "running", "complete", "error"
 STATES = {"queued": QUEUED, "new_script": QUEUED, "running": RUNNING, "cancel_requested": RUNNING,
           "complete": COMPLETE, "error": ERROR, "cancel_acknowledged": ERROR}  # fmt: skip
 UPLOADS = ".code_dataset_uploads.json"
+#: DatabundleVersionStatus names (lowercased, as ``dataset_status`` returns them) that never become ready.
+DATASET_FAILED = ("failed", "deleted", "error")
 #: Output files pulled in the first pass (the newest checkpoint of each run follows in a second).
 PULL_PATTERN = (
     r"(_training_metadata\.json|/best_model/best_model\.(zip|json)|_final\.zip|\.manifest\.json"
@@ -58,15 +65,23 @@ def connect() -> Any:
     from rl_lib.kaggle.credentials import HELP, require_credentials
 
     sources = require_credentials()
+    # The package authenticates on import and KaggleApi.authenticate() prints its multi-line help
+    # before exit(1); both are captured, so that a failure is the one line below.
+    said = io.StringIO()
     try:
-        from kaggle.api.kaggle_api_extended import KaggleApi
+        with contextlib.redirect_stdout(said):
+            from kaggle.api.kaggle_api_extended import KaggleApi
+
+            api = KaggleApi()
+            api.authenticate()
     except ImportError as exc:
         raise UserError(f"cannot import the kaggle package ({exc}); pip install -e '.[kaggle]'") from None
-    api = KaggleApi()
-    try:
-        api.authenticate()
     except SystemExit:
         raise UserError(f"Kaggle did not accept the credentials in {', '.join(sources)}: {HELP}") from None
+    except Exception as exc:  # network errors while checking a token
+        first = (str(exc).splitlines() or [type(exc).__name__])[0]
+        raise KaggleError(f"authenticating with Kaggle failed ({first}); check the network") from None
+    print(said.getvalue(), end="")
     return api
 
 
@@ -118,7 +133,7 @@ def upload_code_dataset(
     log(f"code data set {dataset.ref}: {'new version' if exists else 'created'} ({dataset.code_hash[:12]})")
     waited = 0.0
     while (status := str(api.dataset_status(dataset.ref)).lower()) != "ready":
-        if status == "error" or waited >= timeout_s:
+        if status in DATASET_FAILED or waited >= timeout_s:
             raise KaggleError(
                 f"the code data set {dataset.ref} is {status!r} after {waited:.0f} s; see kaggle.com"
             )
@@ -217,6 +232,14 @@ def _newest_checkpoints(staging: Path) -> list[Path]:
     return sorted(keep)
 
 
+def _manifest_files(manifest: Path) -> list[str]:
+    try:
+        files = json.loads(manifest.read_text())["files"]
+    except (OSError, ValueError, KeyError, TypeError):
+        return []
+    return [f for f in files if isinstance(f, str) and "/" not in f] if isinstance(files, dict) else []
+
+
 def pull(
     api: Any,
     name: str,
@@ -234,11 +257,18 @@ def pull(
     staging.mkdir(parents=True)
     try:
         api.kernels_output(kernel_id, str(staging), file_pattern=PULL_PATTERN, force=True, quiet=True)
-        stems = [m.with_name(m.name[: -len(".manifest.json")]) for m in _newest_checkpoints(staging)]
-        if stems:
-            files = "|".join(re.escape(s.relative_to(staging).as_posix()) for s in stems)
-            pattern = rf"^({files})(\.zip|_replay_buffer\.pkl|_state\.pkl)$"
+        manifests = _newest_checkpoints(staging)
+        if manifests:
+            files = sorted((m.parent / f).relative_to(staging).as_posix() for m in manifests
+                           for f in _manifest_files(m))  # fmt: skip
+            pattern = rf"^({'|'.join(re.escape(f) for f in files)})$"
             api.kernels_output(kernel_id, str(staging), file_pattern=pattern, force=True, quiet=True)
+        for manifest in manifests:  # a torn download must not pass for a checkpoint
+            name = manifest.name.split("_checkpoint_")[0]
+            problem = CheckpointManager(manifest.parent.parent, name).verify(manifest)
+            if problem is not None:
+                raise KaggleError(f"{kernel_id}: the pulled checkpoint {manifest.relative_to(staging)} is "
+                                  f"broken ({problem}); pull again")  # fmt: skip
         pulled = staging / results_dir
         if not pulled.is_dir():
             raise KaggleError(f"{kernel_id}: its output holds no {results_dir}/; did the version run? "
@@ -247,12 +277,7 @@ def pull(
         for log_file in staging.glob("*.log"):
             logs.mkdir(exist_ok=True)
             log_file.replace(logs / log_file.name)
-        old = Path(results_root) / f".{name}.old"
-        shutil.rmtree(old, ignore_errors=True)
-        if target.exists():
-            target.rename(old)
-        pulled.rename(target)
-        shutil.rmtree(old, ignore_errors=True)
+        swap_into_place(pulled, target)
     finally:
         shutil.rmtree(staging, ignore_errors=True)
     log(f"pulled {kernel_id} into {target}")

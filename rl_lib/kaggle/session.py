@@ -35,6 +35,7 @@ from pathlib import Path
 
 from rl_lib.checkpoints import MANIFEST_SUFFIX, CheckpointManager
 from rl_lib.errors import UserError
+from rl_lib.kaggle import swap_into_place
 
 INPUT_ENV, WORKING_ENV = "RL_LIB_KAGGLE_INPUT", "RL_LIB_KAGGLE_WORKING"
 DEFAULT_INPUT, DEFAULT_WORKING = "/kaggle/input", "/kaggle/working"
@@ -134,12 +135,7 @@ def _copy_run(source: Path, target: Path, name: str, step: int | None) -> None:
         if problem is not None:
             shutil.rmtree(staging, ignore_errors=True)
             raise RuntimeError(f"copying the checkpoint of {source} at step {step} failed: {problem}")
-    old = target.with_name(f".{target.name}.old")
-    shutil.rmtree(old, ignore_errors=True)
-    if target.exists():
-        target.rename(old)
-    staging.rename(target)
-    shutil.rmtree(old, ignore_errors=True)
+    swap_into_place(staging, target)
 
 
 def bring_run_from_input(
