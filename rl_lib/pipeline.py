@@ -151,7 +151,8 @@ def train_step(
         from rl_lib.kaggle.session import prepare_session
 
         runs = [(e.training.name, int(s)) for e in experiments for s in seeds]
-        session = prepare_session(results_dir, runs, max_wall_time, budget)
+        configs_by_name = {e.training.name: e for e in experiments}  # only copies of these runs resume
+        session = prepare_session(results_dir, runs, max_wall_time, budget, configs=configs_by_name)
         runs_dir, deadline, budget, max_wall_time = (
             session.runs_dir,
             session.deadline,

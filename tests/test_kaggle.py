@@ -325,6 +325,41 @@ def test_the_furthest_verified_copy_in_the_input_is_brought_into_the_working_dir
     assert not any(p.name.startswith(".") for p in runs_dir.iterdir())  # no staging left behind
 
 
+def test_only_copies_of_this_runs_configuration_are_brought(tmp_path, tiny_run, monkeypatch):
+    inputs, working = on_kaggle(monkeypatch, tmp_path, "v2")
+    ours = inputs / "rl-lib-emu" / "results" / "emu" / "runs" / "tiny_seed0"
+    shutil.copytree(tiny_run, ours)
+    for path in (ours / "checkpoints").glob("tiny_checkpoint_300_*"):
+        path.unlink()  # the previous version reached step 200
+    theirs = inputs / "another-kernel" / "results" / "emu" / "runs" / "tiny_seed0"  # same run name
+    shutil.copytree(tiny_run, theirs)  # further along (300), but another experiment
+    metadata = theirs / "tiny_training_metadata.json"
+    meta = json.loads(metadata.read_text())
+    meta["config"]["reward"]["lateness_per_min"] = 0.5
+    metadata.write_text(json.dumps(meta))
+    config = tiny_config(total_timesteps=4000)  # a new target is the same experiment (as when resuming)
+
+    assert session.find_run_copies(inputs, "tiny", 0, **QUIET) == [theirs, ours]  # without a config
+    notes = []
+    assert session.find_run_copies(inputs, "tiny", 0, config, log=notes.append) == [ours]
+    assert notes == [f"Kaggle: ignored {theirs}: a tiny_seed0 of another configuration "
+                     "(reward.lateness_per_min differs)"]  # fmt: skip
+    notes.clear()
+    prepared = session.prepare_session("results/emu", [("tiny", 0)], configs={"tiny": config},
+                                       log=notes.append)  # fmt: skip
+    assert [(b.source, b.step) for b in prepared.brought] == [(ours, 200)]
+    assert CheckpointManager(working / "results/emu/runs/tiny_seed0", "tiny").latest_valid().step == 200
+    assert any(n.startswith(f"Kaggle: ignored {theirs}") for n in notes)
+
+
+def test_a_recorded_config_differs_where_check_same_experiment_would_refuse_it():
+    config = to_dict(tiny_config(total_timesteps=300))
+    assert session.config_difference(config, to_dict(tiny_config(total_timesteps=4000))) is None
+    other = {**config, "scenario": {**config["scenario"], "seed": config["scenario"]["seed"] + 1}}
+    assert session.config_difference(other, config) == "scenario.seed"
+    assert session.config_difference(None, config) == "scenario.name"  # no config recorded
+
+
 def test_on_kaggle_the_disk_budget_is_split_across_the_runs_and_a_save_beyond_it_is_refused(
     tmp_path, monkeypatch
 ):
@@ -439,11 +474,17 @@ class NotFound(Exception):
 
 
 class FakeKaggleApi:
-    """Records every call; serves kernel outputs from folders, one per version, like kernels_output."""
+    """Records every call; serves kernel outputs from folders, one per version, like kernels_output.
 
-    def __init__(self, outputs=(), states=("running", "complete"), dataset_exists=False):
-        self.calls, self.outputs, self.version = [], list(outputs), 0
+    ``version`` is the latest version pushed before (0: never pushed, so kernels_status answers 404, as
+    kagglesdk raises it); ``latest`` the states it reports (default ``states``), ``states`` those of
+    each version pushed here."""
+
+    def __init__(self, outputs=(), states=("running", "complete"), dataset_exists=False, version=0,
+                 latest=None):  # fmt: skip
+        self.calls, self.outputs, self.version = [], list(outputs), version
         self.states, self.dataset_exists, self.polls = list(states), dataset_exists, 0
+        self.current = list(latest or states)
 
     def get_config_value(self, name):
         self.calls.append(("get_config_value", (name,), {}))
@@ -467,14 +508,16 @@ class FakeKaggleApi:
     def kernels_push(self, folder):
         self.calls.append(("kernels_push", (folder,), {}))
         self.version += 1
-        self.polls = 0
+        self.polls, self.current = 0, self.states
         invalid = ["tester/rl-lib-emu"] if self.version == 1 else []  # itself, before it exists
         return types.SimpleNamespace(error=None, version_number=self.version, url="https://kaggle/x",
                                      invalid_kernel_sources=invalid, invalid_dataset_sources=[])  # fmt: skip
 
     def kernels_status(self, kernel):
         self.calls.append(("kernels_status", (kernel,), {}))
-        state = self.states[min(self.polls, len(self.states) - 1)]
+        if self.version == 0:
+            raise NotFound("404 Client Error: Not Found")
+        state = self.current[min(self.polls, len(self.current) - 1)]
         self.polls += 1
         return types.SimpleNamespace(status=types.SimpleNamespace(name=state.upper()), failure_message="")
 
@@ -509,6 +552,7 @@ def test_run_pushes_versions_until_completed_with_the_exact_api_calls(emulated, 
     folder, data = str(kernels / "emu"), str(kernels / "_rl_lib_code")
     first_round = [
         ("get_config_value", ("username",), {}),
+        ("kernels_status", ("tester/rl-lib-emu",), {}),  # never pushed (404): push
         ("dataset_status", ("tester/rl-lib-code",), {}),
         ("dataset_create_new", (data,), {"public": False, "quiet": True, "dir_mode": "skip"}),
         ("dataset_status", ("tester/rl-lib-code",), {}),
@@ -555,12 +599,83 @@ def test_run_stops_when_a_version_makes_no_progress(emulated, tmp_path, capsys):
     assert "no progress in this version (tiny_seed0: wall-time budget" in capsys.readouterr().out
 
 
+def run_again(api: FakeKaggleApi, emulated: dict, tmp_path: Path) -> int:
+    """``rl-lib kaggle run emu`` (re)started against ``api``, with the emulated kernel's folders."""
+    kernels = tmp_path / "kk"
+    shutil.copytree(emulated["built"].folder.parent, kernels)
+    return remote.run(api, "emu", None, kernels_dir=kernels, results_root=tmp_path / "results",
+                      sleep=lambda s: None, owner="tester",
+                      downloader=code_dataset.wheelhouse_downloader(wheelhouse(tmp_path / "wh")))  # fmt: skip
+
+
+def test_run_restarted_while_a_version_runs_waits_for_it_instead_of_pushing(emulated, tmp_path, capsys):
+    api = FakeKaggleApi(outputs=[emulated[1]["working"], emulated[2]["working"]], dataset_exists=True,
+                        version=1, latest=("queued", "running", "complete"))  # fmt: skip
+    assert run_again(api, emulated, tmp_path) == remote.EXIT_COMPLETED
+    adopted = ["kernels_status"] * 3 + ["kernels_output"] * 2  # queued; waited for: running, complete
+    pushed = ["dataset_status", "dataset_create_version", "dataset_status", "kernels_push"]
+    assert api.names()[: len(adopted) + len(pushed)] == adopted + pushed
+    assert api.names().count("kernels_push") == 1 and api.version == 2
+    out = capsys.readouterr().out
+    assert "tester/rl-lib-emu: the latest version is queued; waiting for it instead of pushing another" in out
+    step = emulated_metadata(emulated, 1)["timesteps"]["done"]
+    assert f"the latest version (pushed before this call): complete; {step:,} / 4,000 timesteps" in out
+    assert "version 2 (1 of at most 8): complete; 4,000 / 4,000 timesteps" in out
+
+
+def without_results(folder: Path) -> Path:
+    folder.mkdir()
+    return folder
+
+
+def diverged(emulated: dict, folder: Path) -> Path:
+    shutil.copytree(emulated[1]["working"], folder)
+    path = folder / "results/emu/runs/tiny_seed0/tiny_training_metadata.json"
+    path.write_text(json.dumps({**json.loads(path.read_text()), "status": "diverged"}))
+    return folder
+
+
+@pytest.mark.parametrize(
+    ("latest", "output", "code", "pushes"),
+    [
+        (("complete",), lambda e, f: e[2]["working"], remote.EXIT_COMPLETED, 0),  # nothing left to do
+        (("error",), diverged, remote.EXIT_DIVERGED, 0),  # the metadata decides, not the error
+        (("error",), lambda e, f: e[1]["working"], remote.EXIT_COMPLETED, 1),  # interrupted: go on
+        (("error",), lambda e, f: without_results(f), remote.EXIT_COMPLETED, 1),  # failed before training
+        (("running", "error"), lambda e, f: e[1]["working"], remote.EXIT_KERNEL_ERROR, 0),  # waited for
+    ],
+)
+def test_run_restarted_after_a_version_ended_pulls_it_and_pushes_only_if_runs_remain(
+    emulated, tmp_path, latest, output, code, pushes
+):
+    api = FakeKaggleApi(outputs=[output(emulated, tmp_path / "output"), emulated[2]["working"]],
+                        dataset_exists=True, version=1, latest=latest)  # fmt: skip
+    assert run_again(api, emulated, tmp_path) == code
+    assert api.names().count("kernels_push") == pushes
+    assert api.names()[:3] == ["kernels_status", "kernels_status", "kernels_output"]  # pulled first
+
+
+def test_run_pushes_nothing_when_kaggle_refuses_the_status(emulated, tmp_path):
+    api = FakeKaggleApi(version=1)
+
+    def refused(kernel):
+        raise ValueError(
+            "Cannot access kernel 'tester/rl-lib-emu' (Permission 'kernels.get' was denied).\n..."
+        )
+
+    api.kernels_status = refused
+    with pytest.raises(UserError, match=r"^asking Kaggle for the status of tester/rl-lib-emu failed: "
+                                        r"Cannot access kernel .*denied\)\.$"):  # fmt: skip
+        run_again(api, emulated, tmp_path)
+    assert api.names() == []  # neither the code data set nor the kernel
+
+
 def test_status_polls_until_complete_or_error_within_the_timeout():
     sleeps = []
-    api = FakeKaggleApi(states=("queued", "queued", "running", "error"))
+    api = FakeKaggleApi(states=("queued", "queued", "running", "error"), version=1)
     assert remote.wait(api, "tester/rl-lib-emu", 600, 60, sleep=sleeps.append, **QUIET) == ("error", "")
     assert sleeps == [60, 60, 60]
-    api = FakeKaggleApi(states=("running",))
+    api = FakeKaggleApi(states=("running",), version=1)
     assert remote.wait(api, "tester/rl-lib-emu", 100, 60, sleep=sleeps.append, **QUIET)[0] == "running"
     assert api.names() == ["kernels_status"] * 3 and sleeps[3:] == [60, 40]
 

@@ -6,15 +6,18 @@ tests) and calls only these methods of it: ``dataset_status``, ``dataset_create_
 ``get_config_value``. :func:`connect` is the one place that imports the kaggle package, after
 :func:`rl_lib.kaggle.credentials.require_credentials` (the package authenticates on import).
 
-- :func:`push`: build the kernel folder; upload the code data set when its code hash differs from
-  the last upload (create it, or a new version), wait until it is ready; validate; push the kernel.
-- :func:`wait`: poll ``kernels_status`` until complete or error, or the timeout.
+- :func:`push`: build the kernel folder (:func:`build_for_push`); upload the code data set when its
+  code hash differs from the last upload (create it, or a new version), wait until it is ready;
+  validate; push the kernel (:func:`push_built`).
+- :func:`wait`: poll ``kernels_status`` until complete or error, or the timeout;
+  :func:`latest_state` also tells a kernel never pushed (404).
 - :func:`pull`: the kernel's output into ``results/NAME`` (the results folder: ``runs/``, ...):
   metadata, evaluations, the newest checkpoint of each run (the files its manifest lists, verified
   against it), best and final models, tensorboard logs, and the kernel log under ``kaggle_logs/``;
   staged, then renamed into place.
 - :func:`run`: push, wait, pull, and push again while a run is interrupted, until every run is
-  completed, one diverged, a version makes no progress, or ``max_versions``.
+  completed, one diverged, a version makes no progress, or ``max_versions``; a version already
+  queued, running or ended is waited for and pulled first instead of pushing over it.
 """
 
 from __future__ import annotations
@@ -58,6 +61,10 @@ EXIT_COMPLETED, EXIT_KERNEL_ERROR, EXIT_INTERRUPTED, EXIT_DIVERGED, EXIT_NO_PROG
 
 class KaggleError(UserError):
     """Kaggle refused or failed something; the message says what it said."""
+
+
+class NoOutput(KaggleError):
+    """A kernel version's output holds no results folder (it failed before training wrote any)."""
 
 
 def connect() -> Any:
@@ -150,11 +157,10 @@ class Pushed:
     url: str
 
 
-def push(
+def build_for_push(
     api: Any, name: str, params_file: str | None = None, *, log: Callable[[str], None] = print, **build: Any
-) -> Pushed:
-    """Build ``kaggle_kernels/NAME`` (from ``params_file``, else the one of its last build), upload the
-    code data set if it changed, and push a new kernel version.
+) -> BuiltKernel:
+    """Build ``kaggle_kernels/NAME`` from ``params_file``, else from the one of its last build.
 
     :param build: passed to :func:`rl_lib.kaggle.kernel.build_kernel` (``owner``, ``kernels_dir``, ...);
         the owner defaults to the authenticated user.
@@ -167,8 +173,12 @@ def push(
         from rl_lib.kaggle.kernel import load_params
 
         owner = load_params(params_file)[1].owner or api.get_config_value("username")
-    kernel = build_kernel(name, params_file, owner=owner, kernels_dir=kernels_dir, log=log, **build)
-    upload_code_dataset(api, kernel.dataset, kernels_dir / UPLOADS, log=log)
+    return build_kernel(name, params_file, owner=owner, kernels_dir=kernels_dir, log=log, **build)
+
+
+def push_built(api: Any, kernel: BuiltKernel, *, log: Callable[[str], None] = print) -> Pushed:
+    """Upload the code data set of a built kernel if it changed, validate it, push a new version."""
+    upload_code_dataset(api, kernel.dataset, kernel.folder.parent / UPLOADS, log=log)
     validate_kernel_folder(kernel.folder)
     response = _check_response(api.kernels_push(str(kernel.folder)), f"pushing {kernel.kernel_id}")
     invalid = [s for s in getattr(response, "invalid_kernel_sources", None) or [] if s != kernel.kernel_id]
@@ -181,6 +191,14 @@ def push(
     return Pushed(kernel, version, url)
 
 
+def push(
+    api: Any, name: str, params_file: str | None = None, *, log: Callable[[str], None] = print, **build: Any
+) -> Pushed:
+    """Build ``kaggle_kernels/NAME`` (:func:`build_for_push`), upload the code data set if it changed,
+    and push a new kernel version (:func:`push_built`)."""
+    return push_built(api, build_for_push(api, name, params_file, log=log, **build), log=log)
+
+
 def status(api: Any, kernel_id: str) -> tuple[str, str]:
     """``(queued | running | complete | error, failure message)`` of the kernel's latest version."""
     response = api.kernels_status(kernel_id)
@@ -189,6 +207,20 @@ def status(api: Any, kernel_id: str) -> tuple[str, str]:
     if key not in STATES:
         raise KaggleError(f"{kernel_id}: unknown kernel status {raw!r}")
     return STATES[key], str(getattr(response, "failure_message", "") or "")
+
+
+def latest_state(api: Any, kernel_id: str) -> tuple[str, str] | None:
+    """:func:`status`, or None when the kernel was never pushed (the client raises requests'
+    ``HTTPError`` with status 404); any other failure is a :class:`KaggleError`."""
+    try:
+        return status(api, kernel_id)
+    except KaggleError:
+        raise
+    except Exception as exc:  # HTTPError; ValueError for 401 / 403 (a private or mistyped kernel)
+        if _status_code(exc) == 404:
+            return None
+        first = (str(exc).splitlines() or [type(exc).__name__])[0]
+        raise KaggleError(f"asking Kaggle for the status of {kernel_id} failed: {first}") from None
 
 
 def wait(
@@ -271,7 +303,7 @@ def pull(
                                   f"broken ({problem}); pull again")  # fmt: skip
         pulled = staging / results_dir
         if not pulled.is_dir():
-            raise KaggleError(f"{kernel_id}: its output holds no {results_dir}/; did the version run? "
+            raise NoOutput(f"{kernel_id}: its output holds no {results_dir}/; did the version run? "
                               "(rl-lib kaggle status)")  # fmt: skip
         logs = pulled / "kaggle_logs"
         for log_file in staging.glob("*.log"):
@@ -342,27 +374,53 @@ def run(
 ) -> int:
     """Push, wait, pull, and push the next version until done; returns the exit code.
 
-    0: every run completed; 1: a version ended in error; 3: ``max_versions`` reached with runs still
-    interrupted; 4: a run diverged; 5: a version made no progress (e.g. the disk budget refused a save).
+    Safe to restart at any time: before its first push it asks for the kernel's latest version
+    (:func:`latest_state`). Never pushed: push. Queued or running: no push; that version is waited
+    for and pulled as if this call had pushed it. Complete or error: pulled first, and a new version
+    is pushed only when its metadata leaves runs to train (not when every run completed or one
+    diverged; an error alone is no reason to stop: the next version resumes from the checkpoints).
+
+    0: every run completed; 1: a version ended in error; 3: ``max_versions`` (pushed by this call)
+    reached with runs still interrupted; 4: a run diverged; 5: a version made no progress (e.g. the
+    disk budget refused a save).
     """
-    before, versions, round_ = -1, max_versions, 0
+    kernel = build_for_push(api, name, params_file, log=log, kernels_dir=kernels_dir, **build)
+    record, kernel_id = kernel.record, kernel.kernel_id
+    versions = max_versions or int(record["max_versions"])
+    hours = record["version_timeout_h"]
+    latest = latest_state(api, kernel_id)
+    if latest is None:
+        log(f"{kernel_id}: no version yet")
+    elif latest[0] in (QUEUED, RUNNING):
+        log(f"{kernel_id}: the latest version is {latest[0]}; waiting for it instead of pushing another")
+    before, round_ = -1, 0
     while True:
-        round_ += 1
-        pushed = push(api, name, params_file, log=log, kernels_dir=kernels_dir, **build)
-        params_file = None  # later rounds rebuild from the same parameter file
-        record = pushed.kernel.record
-        versions = versions or int(record["max_versions"])
-        state, message = wait(api, pushed.kernel.kernel_id, 3600 * float(record["version_timeout_h"]),
-                              interval_s, sleep=sleep, log=log)  # fmt: skip
+        ended_before = latest is not None and latest[0] in (COMPLETE, ERROR)
+        if latest is None:
+            round_ += 1
+            if round_ > 1:  # later rounds rebuild from the same parameter file
+                kernel = build_for_push(api, name, None, log=log, kernels_dir=kernels_dir, **build)
+                record, kernel_id = kernel.record, kernel.kernel_id
+            pushed = push_built(api, kernel, log=log)
+            label = f"version {pushed.version or round_} ({round_} of at most {versions})"
+        else:
+            label = "the latest version (pushed before this call)"
+        latest = None  # from here on, each round pushes
+        state, message = wait(api, kernel_id, 3600 * float(hours), interval_s, sleep=sleep, log=log)
         if state not in (COMPLETE, ERROR):
-            hours = record["version_timeout_h"]
-            raise KaggleError(f"{pushed.kernel.kernel_id} is still {state} after {hours} h; check it on "
-                              f"kaggle.com, then `rl-lib kaggle pull {name}`")  # fmt: skip
-        target = pull(api, name, kernels_dir=kernels_dir, results_root=results_root, log=log)
+            raise KaggleError(f"{kernel_id} is still {state} after {hours} h; check it on kaggle.com, "
+                              f"then `rl-lib kaggle pull {name}`")  # fmt: skip
+        try:
+            target = pull(api, name, kernels_dir=kernels_dir, results_root=results_root, log=log)
+        except NoOutput:
+            if not (ended_before and state == ERROR):
+                raise
+            log(f"{label} ended in error without results ({message or 'no message'}); pushing the next")
+            continue
         now = progress(target, record)
-        log(f"version {pushed.version or round_} ({round_} of at most {versions}): {state}; {now.line()}")
-        if state == ERROR:
-            log(f"{pushed.kernel.kernel_id} failed: {message or 'see ' + str(target / 'kaggle_logs')}")
+        log(f"{label}: {state}; {now.line()}")
+        if state == ERROR and not ended_before:
+            log(f"{kernel_id} failed: {message or 'see ' + str(target / 'kaggle_logs')}")
             return EXIT_KERNEL_ERROR
         if now.completed:
             log(f"all runs completed; results in {target}")

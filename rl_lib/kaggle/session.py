@@ -8,10 +8,12 @@ between Kaggle versions: ``/kaggle/input/SLUG/...``, ``/kaggle/input/notebooks/O
 :func:`prepare_session` is what :func:`rl_lib.pipeline.train_step` calls on Kaggle, before training:
 
 1. every run the step will train (``{name}_seed{seed}``) is searched for recursively under the
-   input; of the copies found, the one whose newest checkpoint is verified against its sha256
-   manifest and furthest along wins, and is copied into ``results_dir/runs/`` under the working
-   dir (run files, metadata, best model and that one checkpoint; the manifest copied last and
-   verified again), unless the working dir already holds that run as far along;
+   input, among copies of the same configuration when the caller passes it (another kernel's
+   output mounted as input may hold a run of the same name); of the copies found, the one whose
+   newest checkpoint is verified against its sha256 manifest and furthest along wins, and is copied
+   into ``results_dir/runs/`` under the working dir (run files, metadata, best model and that one
+   checkpoint; the manifest copied last and verified again), unless the working dir already holds
+   that run as far along;
 2. the wall-time budget becomes a deadline: ``max_wall_time`` seconds from now, by default the
    session limit minus a safety margin (:data:`SESSION_LIMIT_S` - :data:`SESSION_MARGIN_S`);
 3. the disk budget is for the whole working dir (``/kaggle/working`` holds 20 GB for everything):
@@ -29,13 +31,17 @@ import json
 import os
 import shutil
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 from rl_lib.checkpoints import MANIFEST_SUFFIX, CheckpointManager
 from rl_lib.errors import UserError
 from rl_lib.kaggle import swap_into_place
+
+if TYPE_CHECKING:
+    from rl_lib.experiment import ExperimentConfig
 
 INPUT_ENV, WORKING_ENV = "RL_LIB_KAGGLE_INPUT", "RL_LIB_KAGGLE_WORKING"
 DEFAULT_INPUT, DEFAULT_WORKING = "/kaggle/input", "/kaggle/working"
@@ -80,13 +86,41 @@ def newest_verified_step(run_dir: Path, name: str) -> int | None:
     return None
 
 
-def find_run_copies(root: Path, name: str, seed: int) -> list[Path]:
+def config_difference(recorded: Any, config: dict) -> str | None:
+    """Where a run's recorded ``config`` differs from ``config`` (both as :func:`rl_lib.config.to_dict`
+    gives them): the first differing ``section.key``, or None for the same experiment. As in
+    :func:`rl_lib.training.check_same_experiment`, ``training.total_timesteps`` may differ."""
+    recorded = recorded if isinstance(recorded, dict) else {}
+    for section, values in config.items():
+        old, new = recorded.get(section), dict(values)
+        old = dict(old) if isinstance(old, dict) else {}
+        if section == "training":
+            old.pop("total_timesteps", None)
+            new.pop("total_timesteps", None)
+        if old != new:
+            return f"{section}.{next((k for k in new if old.get(k) != new[k]), '?')}"
+    return None
+
+
+def find_run_copies(
+    root: Path,
+    name: str,
+    seed: int,
+    config: ExperimentConfig | None = None,
+    log: Callable[[str], None] = print,
+) -> list[Path]:
     """Every folder under ``root`` named ``{name}_seed{seed}`` holding this run's metadata.
 
     The metadata must parse and name the same run (``name`` and ``seed``); anything else is skipped.
+    With ``config``, a copy must also record that configuration (:func:`config_difference`): another
+    kernel's output mounted as input may hold a run of the same name; such copies are logged and
+    skipped.
     """
+    from rl_lib.config import to_dict
+
     wanted_dir, metadata = run_dir_name(name, seed), f"{name}_training_metadata.json"
-    found = []
+    wanted_config = None if config is None else to_dict(config)
+    found: list[Path] = []
     if not root.is_dir():
         return found
     for folder, dirs, files in os.walk(root):
@@ -97,8 +131,13 @@ def find_run_copies(root: Path, name: str, seed: int) -> list[Path]:
             data = json.loads((Path(folder) / metadata).read_text())
         except (OSError, ValueError):
             continue
-        if isinstance(data, dict) and data.get("name") == name and data.get("seed") == seed:
-            found.append(Path(folder))
+        if not (isinstance(data, dict) and data.get("name") == name and data.get("seed") == seed):
+            continue
+        differs = None if wanted_config is None else config_difference(data.get("config"), wanted_config)
+        if differs is not None:
+            log(f"Kaggle: ignored {folder}: a {wanted_dir} of another configuration ({differs} differs)")
+            continue
+        found.append(Path(folder))
     return found
 
 
@@ -139,16 +178,22 @@ def _copy_run(source: Path, target: Path, name: str, step: int | None) -> None:
 
 
 def bring_run_from_input(
-    runs_dir: Path, name: str, seed: int, root: Path | None = None, log: Callable[[str], None] = print
+    runs_dir: Path,
+    name: str,
+    seed: int,
+    root: Path | None = None,
+    log: Callable[[str], None] = print,
+    config: ExperimentConfig | None = None,
 ) -> BroughtRun | None:
     """Bring the furthest verified copy of run ``{name}_seed{seed}`` from the input into ``runs_dir``.
 
-    Nothing is copied when no copy is found, or when ``runs_dir`` already holds the run with a
-    verified checkpoint at least as far along (a second training call in the same session).
+    With ``config``, only copies of that configuration count (:func:`find_run_copies`). Nothing is
+    copied when no copy is found, or when ``runs_dir`` already holds the run with a verified
+    checkpoint at least as far along (a second training call in the same session).
     """
     root = input_dir() if root is None else root
     candidates = []
-    for copy in find_run_copies(root, name, seed):
+    for copy in find_run_copies(root, name, seed, config, log):
         step = newest_verified_step(copy, name)
         candidates.append((-1 if step is None else step, str(copy), copy))
     if not candidates:
@@ -182,6 +227,7 @@ def prepare_session(
     max_wall_time: float | None = None,
     disk_budget: int | None = None,
     log: Callable[[str], None] = print,
+    configs: Mapping[str, ExperimentConfig] | None = None,
 ) -> KaggleSession:
     """Resume-from-input and budgets of one kernel session; see the module docstring.
 
@@ -189,6 +235,8 @@ def prepare_session(
     :param runs: ``(name, seed)`` of every run the step trains.
     :param max_wall_time: seconds the whole step may train (default: :func:`default_wall_time`).
     :param disk_budget: bytes all runs may hold together (default: 18 GB).
+    :param configs: run name -> its experiment config; a run named here is brought only from copies
+        of that configuration (:func:`find_run_copies`), another run from any copy.
     """
     from rl_lib.pipeline import RUNS
     from rl_lib.training import KAGGLE_DISK_BUDGET
@@ -205,7 +253,12 @@ def prepare_session(
     budget = KAGGLE_DISK_BUDGET if disk_budget is None else disk_budget
     wall = default_wall_time() if max_wall_time is None else max_wall_time
     deadline = time.time() + wall
-    brought = tuple(b for name, seed in runs if (b := bring_run_from_input(runs_dir, name, seed, log=log)))
+    configs = configs or {}
+    brought = tuple(
+        b
+        for name, seed in runs
+        if (b := bring_run_from_input(runs_dir, name, seed, log=log, config=configs.get(name)))
+    )
     log(f"Kaggle session: {len(runs)} run(s) in {runs_dir}, {len(brought)} brought from {input_dir()}; "
         f"training stops within {wall / 3600:.2f} h; {budget / 1e9:.2f} GB of disk for all runs")  # fmt: skip
     return KaggleSession(runs_dir, deadline, budget, brought)
