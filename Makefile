@@ -46,8 +46,9 @@ lint: venv
 # texlive-latex-base texlive-latex-recommended texlive-pictures latexmk lmodern).
 RESULTS ?= results/thesis
 
+# TUNING=results/tune/dqn adds a study run by `rl-lib tune` outside the results folder.
 thesis: venv
-	$(BIN)/rl-lib thesis --results $(RESULTS)
+	$(BIN)/rl-lib thesis --results $(RESULTS) $(if $(TUNING),--tuning $(TUNING))
 	cd latex && latexmk
 	@echo "chapter: latex/build/main.pdf"
 

@@ -238,7 +238,12 @@ def cmd_report(args: argparse.Namespace) -> int:
 def cmd_thesis(args: argparse.Namespace) -> int:
     from rl_lib.pipeline import figures_step
 
-    for path in figures_step(args.results, args.lang, args.figures_dir, args.tables_dir, args.agent):
+    written = figures_step(args.results, args.lang, args.figures_dir, args.tables_dir, args.agent)
+    if args.tuning:  # a study run by `rl-lib tune` outside the results folder
+        from rl_lib.thesis.tuning import tuning_outputs
+
+        written += tuning_outputs(args.tuning, args.figures_dir, args.tables_dir, args.lang)
+    for path in written:
         print(f"wrote {path}")
     return 0
 
@@ -307,6 +312,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--figures-dir", default="thesis_figures")
     p.add_argument("--tables-dir", default="latex/generated")
     p.add_argument("--agent", default="dqn", help="the RL policy of the Baseline-vs-RL table")
+    p.add_argument("--tuning", help="study folder of `rl-lib tune` (e.g. results/tune/dqn); default: "
+                   "RESULTS/tuning/STUDY when the results folder holds one")  # fmt: skip
     p.set_defaults(func=cmd_thesis)
 
     bench = sub.add_parser("bench", help="benchmarks").add_subparsers(dest="bench", required=True)
