@@ -186,14 +186,22 @@ class TuneRun:
 
 def measure_tuning_rates(config: str | Path, trials: int, timesteps_per_trial: int, work_dir: str | Path,
                          workers: int = 2, seed: int = 0) -> list[TuneRun]:  # fmt: skip
-    """Wall time of the same study (same seed, space, budget) run three ways, one after the other:
-    1 worker without pruning, ``workers`` without pruning, ``workers`` with pruning.
+    """Wall time of the same trials run three ways, one after the other: 1 worker without pruning,
+    ``workers`` without pruning, ``workers`` with pruning.
 
-    The ratio of the first two is the parallel speed-up; the last two give trials per hour with and
-    without pruning. Each run is a fresh SQLite study in ``work_dir``.
+    The ``trials`` hyperparameter sets are drawn once from the search space (seeded random sampler)
+    and queued in each fresh SQLite study in ``work_dir``, so every variant trains exactly the same
+    configurations: the ratio of the first two is the parallel speed-up, the last two give trials per
+    hour with and without pruning on the same work.
     """
+    import optuna
+
     from rl_lib.tuning.study import TuneSettings, load_study, make_spec, optimize
 
+    space = make_spec(config, out=work_dir).space
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    draw = optuna.create_study(sampler=optuna.samplers.RandomSampler(seed=seed))
+    param_sets = [space.suggest(draw.ask()) for _ in range(trials)]
     runs = []
     for label, n_workers, pruning in (("1 worker, no pruning", 1, False),
                                       (f"{workers} workers, no pruning", workers, False),
@@ -201,6 +209,10 @@ def measure_tuning_rates(config: str | Path, trials: int, timesteps_per_trial: i
         settings = TuneSettings(timesteps_per_trial=timesteps_per_trial, seed=seed, pruning=pruning)
         spec = make_spec(config, f"bench_w{n_workers}_{'pruned' if pruning else 'full'}", work_dir,
                          settings=settings)  # fmt: skip
+        spec.study_dir.mkdir(parents=True)
+        study = load_study(spec)
+        for params in param_sets:
+            study.enqueue_trial(params)
         start = time.perf_counter()
         optimize(spec, trials, n_workers)
         seconds = time.perf_counter() - start
