@@ -137,6 +137,8 @@ def test_bad_tuning_settings_and_configs_are_clear_errors(tmp_path):
         TuneSettings(timesteps_per_trial=15)
     with pytest.raises(UserError, match="searches DQN hyperparameters"):
         make_spec(ROOT / "configs" / "maskable_ppo.yaml", out=tmp_path)
+    with pytest.raises(UserError, match="validation split holds 3 days"):
+        tiny_spec(tmp_path, n_eval_episodes=4)
     with pytest.raises(UserError, match="--study"):
         make_spec(ROOT / "configs" / "dqn.yaml", study="../x", out=tmp_path)
     with pytest.raises(UserError, match="not a usable database URL"):

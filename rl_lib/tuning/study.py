@@ -125,6 +125,12 @@ class StudySpec:
     heartbeat_interval: int = 10
     grace_period: int = 60
 
+    def __post_init__(self) -> None:
+        available = self.base.scenario.splits.validation_days
+        if self.settings.n_eval_episodes > available:
+            raise UserError(f"{self.settings.n_eval_episodes} evaluation episodes per evaluation, but the "
+                            f"validation split holds {available} days; lower --eval-episodes")  # fmt: skip
+
     @property
     def trials_dir(self) -> Path:
         return self.study_dir / "trials"
