@@ -214,8 +214,11 @@ def measure_tuning_rates(config: str | Path, trials: int, timesteps_per_trial: i
         for params in param_sets:
             study.enqueue_trial(params)
         start = time.perf_counter()
-        optimize(spec, trials, n_workers)
+        code = optimize(spec, trials, n_workers)
         seconds = time.perf_counter() - start
-        pruned = sum(t.state.name == "PRUNED" for t in load_study(spec).get_trials(deepcopy=False))
-        runs.append(TuneRun(label, n_workers, pruning, trials, seconds, pruned))
+        finished = [t for t in load_study(spec).get_trials(deepcopy=False) if t.state.is_finished()]
+        if code != 0 or len(finished) != trials:
+            raise RuntimeError(f"{label}: {len(finished)} of {trials} trials finished (exit {code})")
+        pruned = sum(t.state.name == "PRUNED" for t in finished)
+        runs.append(TuneRun(label, n_workers, pruning, len(finished), seconds, pruned))
     return runs

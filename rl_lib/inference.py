@@ -51,6 +51,8 @@ def export_onnx(run_dir: str | Path, which: str = "best", int8: bool = False) ->
     from rl_lib.io import atomic_write_bytes
 
     run_dir = Path(run_dir)
+    if which not in ("best", "final"):  # the exported file names its source model (sha256 below)
+        raise UserError(f"export: which must be 'best' or 'final', got {which!r}")
     model, q_net = _q_network(run_dir, which)
     n_obs, n_actions = model.observation_space.shape[0], int(model.action_space.n)
     fp32 = onnx_path(run_dir, which)
@@ -246,9 +248,9 @@ def benchmark(
     rows = []
     for backend, dispatcher in dispatchers.items():
         for size in batch_sizes:
-            batches = [slice(i, i + size) for i in range(0, len(obs) - size + 1, size)] or [
-                slice(0, len(obs))
-            ]
+            if size > len(obs):  # no row rather than one mislabelled with a smaller batch
+                continue
+            batches = [slice(i, i + size) for i in range(0, len(obs) - size + 1, size)]
             done, start = 0, time.perf_counter()
             while time.perf_counter() - start < min_seconds:
                 for part in batches:

@@ -94,6 +94,24 @@ def check_seeds(seeds: Any) -> None:
            "a non-empty list of distinct non-negative integers")  # fmt: skip
 
 
+def check_train_parameters(
+    seeds: Any, results_dir: Any, workers: Any = None, max_wall_time: Any = None, disk_budget: Any = None
+) -> int | None:
+    """The checks of :func:`train_step` on its parameters besides the configs (``rl-lib kaggle build``
+    makes them too, before a kernel runs them); returns the disk budget in bytes (None: unlimited)."""
+    check_seeds(seeds)
+    _check("results_dir", results_dir, isinstance(results_dir, str) and results_dir != "", "a folder path")
+    _check(
+        "workers",
+        workers,
+        workers is None or (isinstance(workers, int) and workers > 0),
+        "a positive integer",
+    )
+    wall_ok = max_wall_time is None or (isinstance(max_wall_time, (int, float)) and max_wall_time > 0)
+    _check("max_wall_time", max_wall_time, wall_ok, "a positive number of seconds")
+    return parse_disk_budget(disk_budget)
+
+
 def parse_disk_budget(disk_budget: Any) -> int | None:
     """The ``disk_budget`` parameter (bytes, or a size such as ``"18GB"``) in bytes; None stays None."""
     from rl_lib.io import parse_size
@@ -134,17 +152,7 @@ def train_step(
     """
     from rl_lib.training import on_kaggle, train_seeds
 
-    check_seeds(seeds)
-    _check("results_dir", results_dir, isinstance(results_dir, str) and results_dir != "", "a folder path")
-    _check(
-        "workers",
-        workers,
-        workers is None or (isinstance(workers, int) and workers > 0),
-        "a positive integer",
-    )
-    wall_ok = max_wall_time is None or (isinstance(max_wall_time, (int, float)) and max_wall_time > 0)
-    _check("max_wall_time", max_wall_time, wall_ok, "a positive number of seconds")
-    budget = parse_disk_budget(disk_budget)
+    budget = check_train_parameters(seeds, results_dir, workers, max_wall_time, disk_budget)
     experiments = load_configs(configs, overrides)
     runs_dir, deadline = Path(results_dir) / RUNS, None
     if on_kaggle():
@@ -248,11 +256,13 @@ def evaluate_step(
         agents = [p for p in dict.fromkeys(per_episode["policy"]) if p != "hindsight_bound"]
         tables["gap_to_bound"] = gap_to_bound(per_episode, policies=agents, n_resamples=n_resamples)
     dqn_runs = sorted((m["seed"], run) for run, m in zip(runs, metas, strict=True) if m["algo"] == "dqn")
-    if dqn_runs:  # the fast inference path, on the lowest-seed DQN and the first test day
+    if dqn_runs:  # the fast inference path, on the lowest-seed DQN and the first 3 test days
         from rl_lib.inference import benchmark, export_onnx
 
-        export_onnx(dqn_runs[0][1], which, int8=True)
-        for name, table in benchmark(dqn_runs[0][1], days[:1], which).items():
+        exported = "best" if which == "latest" else which  # a latest checkpoint is not exported
+        export_onnx(dqn_runs[0][1], exported, int8=True)
+        # 3 days (~540 decisions, as `rl-lib bench inference`): enough for a full batch of 256.
+        for name, table in benchmark(dqn_runs[0][1], days[:3], exported).items():
             tables[f"inference_{name}"] = table
     out = Path(results_dir) / EVALUATION
     for name, table in tables.items():

@@ -9,8 +9,9 @@ Every policy is run on the same test days, so a policy's scores form a matrix of
 **Uncertainty.** The test days are the i.i.d. sample; the seeds of a policy are a second, nested source of
 variation. :func:`stratified_bootstrap_ci` resamples both (its docstring gives the exact design), and every
 interval below comes from it: :func:`aggregate_table` (mean and IQM per policy and KPI),
-:func:`paired_differences` (policy - reference), :func:`probability_of_improvement` (P(policy beats
-reference)) and :func:`gap_to_bound` (distance to the hindsight bound).
+:func:`paired_differences` (policy - reference), :func:`relative_differences` (the same over |reference|),
+:func:`probability_of_improvement` (P(policy beats reference)) and :func:`gap_to_bound` (distance to the
+hindsight bound).
 
 **Direction of each KPI** (:data:`HIGHER_IS_BETTER`):
 
@@ -177,10 +178,11 @@ def relative_differences(
 
     Means pool seeds within each day, then days, as :func:`paired_differences`; numerator and
     denominator come from the same bootstrap replicate (paired two-level bootstrap), so the interval
-    includes the reference mean's own uncertainty.
+    includes the reference mean's own uncertainty. A ratio of means, unlike :func:`gap_to_bound`'s mean
+    of per-day ratios: "how much more reward over the same days", the tuner's question.
 
     :return: one row per policy: ``reference``, ``kpi``, ``rel_diff``, ``ci_low``, ``ci_high``,
-        ``ci_excludes_zero``.
+        ``ci_excludes_zero``, ``n_days``.
     """
     ref = score_matrix(df, reference, kpi)
     rows = []
@@ -189,7 +191,8 @@ def relative_differences(
             _relative_difference, {p: score_matrix(df, p, kpi), reference: ref}, n_resamples, confidence, seed
         )
         rows.append({"policy": p, "reference": reference, "kpi": kpi, "rel_diff": point, "ci_low": low,
-                     "ci_high": high, "ci_excludes_zero": bool(low > 0 or high < 0)})  # fmt: skip
+                     "ci_high": high, "ci_excludes_zero": bool(low > 0 or high < 0),
+                     "n_days": _n_common_days(score_matrix(df, p, kpi), ref)})  # fmt: skip
     return pd.DataFrame(rows)
 
 

@@ -100,21 +100,33 @@ def make_eval_env(config: ExperimentConfig) -> DispatchEnv:
     return DispatchEnv(days=SyntheticScenario(config.scenario).days("validation", n), reward=config.reward)
 
 
-def check_same_experiment(previous: dict, config: ExperimentConfig, run_dir: Path) -> None:
-    """Refuse to resume a run dir made with another configuration."""
-    old, new = previous.get("config", {}), to_dict(config)
-    old_target = old.get("training", {}).get("total_timesteps")
-    for section in new:
-        old_section, new_section = dict(old.get(section, {})), dict(new[section])
+def config_difference(recorded: dict, config: ExperimentConfig) -> str | None:
+    """Where a run's recorded ``config`` (as :func:`rl_lib.config.to_dict` gives it) differs from
+    ``config``: the first differing ``section.key``, or None for the same experiment.
+    ``training.total_timesteps`` may differ (a new target continues the same run); a missing or
+    malformed record differs in its first section."""
+    recorded = recorded if isinstance(recorded, dict) else {}
+    for section, values in to_dict(config).items():
+        old, new = recorded.get(section), dict(values)
+        old = dict(old) if isinstance(old, dict) else {}
         if section == "training":
-            old_section.pop("total_timesteps", None)
-            new_section.pop("total_timesteps", None)
-        if old_section != new_section:
-            key = next((k for k in new_section if old_section.get(k) != new_section[k]), "?")
-            raise UserError(
-                f"{run_dir} holds a run with a different configuration ({section}.{key} differs); "
-                "use another --run-dir for a new experiment"
-            )
+            old.pop("total_timesteps", None)
+            new.pop("total_timesteps", None)
+        if old != new:
+            return f"{section}.{next((k for k in new if old.get(k) != new[k]), '?')}"
+    return None
+
+
+def check_same_experiment(previous: dict, config: ExperimentConfig, run_dir: Path) -> None:
+    """Refuse to resume a run dir made with another configuration (:func:`config_difference`)."""
+    old = previous.get("config", {})
+    differs = config_difference(old, config)
+    if differs is not None:
+        raise UserError(
+            f"{run_dir} holds a run with a different configuration ({differs} differs); "
+            "use another --run-dir for a new experiment"
+        )
+    old_target = old.get("training", {}).get("total_timesteps")
     if old_target != config.training.total_timesteps:
         warnings.warn(
             f"total_timesteps changes from {old_target} to {config.training.total_timesteps}: the schedules "

@@ -12,6 +12,7 @@ import shutil
 import subprocess
 import sys
 import types
+import unicodedata
 import zipfile
 from pathlib import Path
 
@@ -26,13 +27,13 @@ from rl_lib.cli import main
 from rl_lib.config import to_dict
 from rl_lib.errors import UserError
 from rl_lib.kaggle import code_dataset, remote, session
+from rl_lib.kaggle import kernel as kernel_module
 from rl_lib.kaggle.credentials import scan_for_secrets
 from rl_lib.kaggle.kernel import build_kernel, slugify, validate_kernel_folder
 from rl_lib.training import KAGGLE_DISK_BUDGET, train
 
 ROOT = Path(__file__).resolve().parents[1]
-PINS = {"stable-baselines3": "2.9.2", "sb3-contrib": "2.9.2", "gymnasium": "1.4.0",
-        "farama-notifications": "0.0.6", "optuna": "5.0.0"}  # fmt: skip
+PINS = code_dataset.pinned_packages()  # the local versions (the pyproject pins: see the test below)
 SECRET_KEY, SECRET_TOKEN = "emulated-legacy-key-0123456789", "KGAT_emulated-token-abcdefghij"
 QUIET = {"log": lambda *a: None}
 
@@ -88,11 +89,20 @@ def built_once(tmp_path_factory):
 
 
 # ----------------------------------------------------------------------------------------------- build
-def test_slug_is_the_one_the_kaggle_cli_derives():
-    from slugify import slugify as python_slugify  # what kaggle's kernels_push compares the id with
+def test_the_fallback_slug_is_the_one_the_kaggle_cli_derives(monkeypatch):
+    python_slugify = pytest.importorskip("slugify").slugify  # what kaggle's kernels_push compares the id with
+    monkeypatch.setitem(sys.modules, "slugify", None)  # its import fails: the ASCII fallback runs
+    normalised = []
 
-    for title in ("rl_lib thesis", "RL-lib: DQN (10 seeds)", "  Thèse  NEMT -- v2 ", "a_b.c d"):
+    def normalize(form: str, text: str) -> str:
+        normalised.append(text)
+        return unicodedata.normalize(form, text)
+
+    monkeypatch.setattr(kernel_module, "unicodedata", types.SimpleNamespace(normalize=normalize))
+    titles = ("rl_lib thesis", "RL-lib: DQN (10 seeds)", "  Thèse  NEMT -- v2 ", "a_b.c d")
+    for title in titles:
         assert slugify(title) == python_slugify(title)
+    assert normalised == list(titles)  # every slug came from the fallback
 
 
 def test_build_writes_the_kernel_folder_and_the_code_data_set(tmp_path):
@@ -142,7 +152,7 @@ def test_the_kaggle_pins_are_the_pyproject_pins():
     local = code_dataset.pinned_packages()
     assert {k: v for k, v in local.items() if k in pins} == {k: pins[k] for k in local if k in pins}
     assert {"stable-baselines3", "sb3-contrib", "gymnasium", "optuna"} <= set(pins) & set(local)
-    assert "torch" not in local  # Kaggle's CUDA torch is left alone
+    assert "torch" not in code_dataset.KAGGLE_PACKAGES  # Kaggle's CUDA torch is left alone
 
 
 @pytest.mark.parametrize(
@@ -175,8 +185,10 @@ def test_validation_mirrors_the_kaggle_cli(tmp_path, built_once, change, message
     [
         ({"results_dir": "/abs/results"}, [], "parameter results_dir: expected a relative folder"),
         ({"seeds": "0, 1"}, [], "parameter seeds: expected a non-empty list"),
+        ({"workers": "four"}, [], "parameter workers: expected a positive integer, got 'four'"),
+        ({"max_wall_time": -5}, [], "parameter max_wall_time: expected a positive number of seconds, got -5"),
         ({"kaggle": {"gpu": True}}, [], "kaggle: unknown key(s) ['gpu']"),
-        ({"overrides": {"training.nope": 1}}, [], "nope"),
+        ({"overrides": {"training.nope": 1}}, [], "parameter overrides: training.nope: unknown key"),
         ({}, ["--owner", "Not A User"], "Kaggle owner 'Not A User'"),
         ({"kaggle": {"title": "RL!"}}, [], "must be at least five characters"),
     ],
@@ -209,11 +221,11 @@ def test_build_needs_an_owner_but_no_credentials(tmp_path, capsys):
 def test_dependency_wheels_must_be_the_pinned_pure_python_ones(tmp_path):
     pins = dict(PINS)
     del pins["optuna"]
-    with pytest.raises(UserError, match=r"no wheel for optuna==5\.0\.0"):
+    with pytest.raises(UserError, match=re.escape(f"no wheel for optuna=={PINS['optuna']}")):
         downloader = code_dataset.wheelhouse_downloader(wheelhouse(tmp_path / "wh", pins))
         build_kernel("emu", tiny_params(tmp_path), owner="tester", kernels_dir=tmp_path / "kk",
                      downloader=downloader, **QUIET)  # fmt: skip
-    (tmp_path / "wh" / "optuna-5.0.0-cp311-cp311-manylinux_2_17_x86_64.whl").write_bytes(b"x")
+    (tmp_path / "wh" / f"optuna-{PINS['optuna']}-cp311-cp311-manylinux_2_17_x86_64.whl").write_bytes(b"x")
     with pytest.raises(UserError, match="not a platform-independent wheel"):
         build_kernel("emu", tiny_params(tmp_path), owner="tester", kernels_dir=tmp_path / "kk",
                      downloader=code_dataset.wheelhouse_downloader(tmp_path / "wh"), **QUIET)  # fmt: skip
@@ -236,7 +248,7 @@ def test_install_cell_skips_an_importable_rl_lib_and_otherwise_installs_offline_
     other_install = source.replace(built.dataset.package_hash, "0" * 64)  # as on a fresh Kaggle image
     exec(compile(other_install, "install-cell", "exec"), {})
     wheels = sorted(str(w) for w in mount.glob("*.whl"))
-    assert len(wheels) == 6 and not any("torch" in w for w in wheels)
+    assert len(wheels) == len(PINS) + 1 and not any("torch" in w for w in wheels)
     assert calls == [([sys.executable, "-m", "pip", "install", "--no-index", "--no-deps", "--force-reinstall",
                        "--find-links", str(mount), *wheels], {"check": True})]  # fmt: skip
     monkeypatch.setenv("RL_LIB_KAGGLE_INPUT", str(tmp_path / "empty"))
@@ -314,14 +326,15 @@ def test_the_furthest_verified_copy_in_the_input_is_brought_into_the_working_dir
     decoy.mkdir(parents=True)
     (decoy / "tiny_training_metadata.json").write_text(json.dumps({"name": "tiny", "seed": 1}))
     runs_dir = working / "results" / "emu" / "runs"
-    brought = session.bring_run_from_input(runs_dir, "tiny", 0, **QUIET)
+    config = tiny_config(total_timesteps=300)
+    brought = session.bring_run_from_input(runs_dir, "tiny", 0, config, **QUIET)
     # good's newest (300) is torn, so both copies reach 200: a broken checkpoint is never brought
     assert brought.step == 200
     target = runs_dir / "tiny_seed0"
     assert sorted(p.name for p in (target / "checkpoints").iterdir()) == checkpoint_files(200)
     assert CheckpointManager(target, "tiny").latest_valid().step == 200
     assert (target / "best_model" / "best_model.zip").is_file() and (target / "tiny_final.zip").is_file()
-    assert session.bring_run_from_input(runs_dir, "tiny", 0, **QUIET) is None  # already here, as far along
+    assert session.bring_run_from_input(runs_dir, "tiny", 0, config, **QUIET) is None  # here, as far along
     assert not any(p.name.startswith(".") for p in runs_dir.iterdir())  # no staging left behind
 
 
@@ -339,7 +352,6 @@ def test_only_copies_of_this_runs_configuration_are_brought(tmp_path, tiny_run, 
     metadata.write_text(json.dumps(meta))
     config = tiny_config(total_timesteps=4000)  # a new target is the same experiment (as when resuming)
 
-    assert session.find_run_copies(inputs, "tiny", 0, **QUIET) == [theirs, ours]  # without a config
     notes = []
     assert session.find_run_copies(inputs, "tiny", 0, config, log=notes.append) == [ours]
     assert notes == [f"Kaggle: ignored {theirs}: a tiny_seed0 of another configuration "
@@ -350,14 +362,23 @@ def test_only_copies_of_this_runs_configuration_are_brought(tmp_path, tiny_run, 
     assert [(b.source, b.step) for b in prepared.brought] == [(ours, 200)]
     assert CheckpointManager(working / "results/emu/runs/tiny_seed0", "tiny").latest_valid().step == 200
     assert any(n.startswith(f"Kaggle: ignored {theirs}") for n in notes)
+    with pytest.raises(UserError, match=r"parameter results_dir: 'results/\.\./\.\./up' climbs out"):
+        session.prepare_session("results/../../up", [("tiny", 0)], configs={"tiny": config}, **QUIET)
 
 
-def test_a_recorded_config_differs_where_check_same_experiment_would_refuse_it():
-    config = to_dict(tiny_config(total_timesteps=300))
-    assert session.config_difference(config, to_dict(tiny_config(total_timesteps=4000))) is None
-    other = {**config, "scenario": {**config["scenario"], "seed": config["scenario"]["seed"] + 1}}
-    assert session.config_difference(other, config) == "scenario.seed"
-    assert session.config_difference(None, config) == "scenario.name"  # no config recorded
+def test_a_recorded_config_differs_where_check_same_experiment_refuses_it(tmp_path):
+    from rl_lib.training import check_same_experiment, config_difference
+
+    recorded, config = to_dict(tiny_config(total_timesteps=300)), tiny_config(total_timesteps=4000)
+    assert config_difference(recorded, config) is None  # a new target: the same experiment
+    with pytest.warns(UserWarning, match="total_timesteps changes from 300 to 4000"):
+        check_same_experiment({"config": recorded}, config, tmp_path)
+    scenario = recorded["scenario"]
+    other = {**recorded, "scenario": {**scenario, "seed": scenario["seed"] + 1}}
+    assert config_difference(other, config) == "scenario.seed"
+    with pytest.raises(UserError, match=r"different configuration \(scenario\.seed differs\)"):
+        check_same_experiment({"config": other}, config, tmp_path)
+    assert config_difference(None, config) == "scenario.name"  # no config recorded
 
 
 def test_on_kaggle_the_disk_budget_is_split_across_the_runs_and_a_save_beyond_it_is_refused(
@@ -563,12 +584,19 @@ def test_run_pushes_versions_until_completed_with_the_exact_api_calls(emulated, 
     assert api.calls[: len(first_round)] == first_round
     staging = str(tmp_path / "results" / ".emu.pull")
     outputs = [c for c in api.calls if c[0] == "kernels_output"]
-    assert outputs[0] == ("kernels_output", ("tester/rl-lib-emu", staging),
-                          {"file_pattern": remote.PULL_PATTERN, "force": True, "quiet": True})  # fmt: skip
+    assert [c[1] for c in outputs[:2]] == [("tester/rl-lib-emu", staging)] * 2
+    output1 = emulated[1]["working"]
+    files1 = sorted(p.relative_to(output1).as_posix() for p in output1.rglob("*") if p.is_file())
+
+    def matched(call: tuple) -> list[str]:
+        return [f for f in files1 if re.search(call[2]["file_pattern"], f)]
+
     step = emulated_metadata(emulated, 1)["timesteps"]["done"]
     stem = f"results/emu/runs/tiny_seed0/checkpoints/tiny_checkpoint_{step}_steps"
     wanted = [f"{stem}{s}" for s in (".zip", "_replay_buffer.pkl", "_state.pkl")]  # what its manifest lists
-    assert outputs[1][2]["file_pattern"] == f"^({'|'.join(re.escape(f) for f in sorted(wanted))})$"
+    # The first pass takes no checkpoint but its manifests; the second exactly the newest one's files.
+    assert all(f.endswith(".manifest.json") for f in matched(outputs[0]) if "/checkpoints/" in f)
+    assert matched(outputs[1]) == sorted(wanted)
     # The second round: the code is unchanged, so the data set is neither created nor versioned again.
     second_round = ["get_config_value", "kernels_push", "kernels_status", "kernels_status", "kernels_output",
                     "kernels_output"]  # fmt: skip
@@ -721,18 +749,19 @@ def kaggle_api_signatures() -> dict[str, inspect.Signature]:
 
 
 def test_the_calls_made_fit_the_installed_kaggle_api(emulated, tmp_path):
-    api = FakeKaggleApi(outputs=[emulated[1]["working"]], dataset_exists=True)
+    signatures = kaggle_api_signatures()
+    api = FakeKaggleApi(outputs=[emulated[1]["working"], emulated[1]["working"]])  # no code data set yet
     kernels = tmp_path / "kk"
     shutil.copytree(emulated["built"].folder.parent, kernels)
     downloader = code_dataset.wheelhouse_downloader(wheelhouse(tmp_path / "wh"))
-    remote.push(api, "emu", None, kernels_dir=kernels, downloader=downloader, **QUIET)
+    remote.push(api, "emu", None, kernels_dir=kernels, downloader=downloader, **QUIET)  # creates it
     remote.wait(api, "tester/rl-lib-emu", 60, 60, sleep=lambda s: None, **QUIET)
     remote.pull(api, "emu", kernels_dir=kernels, results_root=tmp_path / "results", **QUIET)
-    signatures = kaggle_api_signatures()
-    made = {"get_config_value", "dataset_status", "dataset_create_version", "kernels_push", "kernels_status",
-            "kernels_output"}  # fmt: skip
+    (kernels / remote.UPLOADS).unlink()  # forget the upload: the next push makes a new version
+    remote.push(api, "emu", None, kernels_dir=kernels, downloader=downloader, **QUIET)
+    made = {"get_config_value", "dataset_status", "dataset_create_new", "dataset_create_version",
+            "kernels_push", "kernels_status", "kernels_output"}  # fmt: skip
     assert {name for name, _, _ in api.calls} == made
-    api.calls.append(("dataset_create_new", ("f",), {"public": False, "quiet": True, "dir_mode": "skip"}))
     for name, args, kwargs in api.calls:
         signatures[name].bind(api, *args, **kwargs)  # raises TypeError on a call the real client refuses
 

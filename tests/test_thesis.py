@@ -148,8 +148,10 @@ def test_style_is_scoped_and_colours_are_stable():
     with thesis_style():
         assert mpl.rcParams["pdf.fonttype"] == 42 and mpl.rcParams["ps.fonttype"] == 42
     assert mpl.rcParams["pdf.fonttype"] == before
-    assert policy_color("dqn") == policy_color("dqn") != policy_color("nearest")
-    assert policy_color("some_new_policy") == policy_color("some_new_policy")
+    assert policy_color("dqn") == "#0072B2" != policy_color("nearest")
+    # An unknown policy gets a spare colour from a stable hash of its name (crc32, not Python's
+    # salted hash()): the same colour in every process and every figure.
+    assert policy_color("some_new_policy") == "#BCBD22"
 
 
 def test_policies_keep_one_order_with_the_bound_last():

@@ -23,6 +23,7 @@ import yaml
 from conftest import tiny_config
 from optuna.trial import TrialState
 
+from rl_lib.config import to_dict
 from rl_lib.errors import UserError
 from rl_lib.tuning.retrain import MIN_SEEDS, check_fresh_seeds, decide, retrain, write_tuned_config
 from rl_lib.tuning.space import DEFAULT_SPACE, SearchSpace
@@ -78,11 +79,21 @@ def test_the_space_file_is_the_default_space():
 
 
 def test_the_default_space_contains_the_default_config():
-    space = SearchSpace.load()
-    dqn = space.to_dqn({"one_minus_gamma": 0.01, "net_width": 512, "net_depth": 3})
-    assert dqn["net_arch"] == [512, 256, 128] and dqn["gamma"] == pytest.approx(0.99)
-    for width in (128, 256, 512):  # the plan's hidden sizes
-        assert width in space.spec["net_width"]["choices"]
+    from rl_lib.experiment import DQNConfig
+
+    space, default = SearchSpace.load(), to_dict(DQNConfig())
+    point = {k: default[k] for k in space.spec if k in default}
+    point |= {"one_minus_gamma": 1 - default["gamma"], "net_width": default["net_arch"][0],
+              "net_depth": len(default["net_arch"])}  # fmt: skip
+    for name, dist in space.spec.items():
+        if dist["type"] == "categorical":
+            assert point[name] in dist["choices"], name
+        else:
+            assert dist["low"] <= point[name] <= dist["high"], name
+    mapped = space.to_dqn(point)
+    assert mapped["net_arch"] == list(default["net_arch"]) and mapped["gamma"] == pytest.approx(
+        default["gamma"]
+    )
 
 
 def test_sampled_values_stay_in_the_space_and_map_to_a_valid_config(tmp_path):
@@ -187,7 +198,7 @@ def test_tiny_study_end_to_end_then_resume_is_a_no_op(tmp_path):
 
 def test_pruning_stops_trials_below_the_median(tmp_path):
     spec = tiny_spec(tmp_path)
-    optimize(spec, 6)
+    assert optimize(spec, 6) == 0
     trials = load_study(spec).get_trials()
     pruned = [t for t in trials if t.state == TrialState.PRUNED]
     assert pruned, "with one completed trial as reference, some of the five others fall below it"
@@ -259,14 +270,12 @@ def test_a_killed_study_resumes_without_rerunning_completed_trials(tmp_path):
 # --- re-training and the decision --------------------------------------------------------------
 
 
-def test_retraining_needs_five_fresh_seeds(tmp_path):
-    spec = tiny_spec(tmp_path, pruning=False)
-    optimize(spec, 1)
+def test_retraining_needs_five_fresh_seeds():
     with pytest.raises(UserError, match=f"at least {MIN_SEEDS} distinct seeds"):
-        check_fresh_seeds(spec, [0, 1, 2, 3])
+        check_fresh_seeds([0, 1, 2, 3])
     with pytest.raises(UserError, match="tuning seeds"):
-        check_fresh_seeds(spec, [0, 1, 2, 3, TUNING_SEEDS_START])
-    check_fresh_seeds(spec, [0, 1, 2, 3, 4])
+        check_fresh_seeds([0, 1, 2, 3, TUNING_SEEDS_START])
+    check_fresh_seeds([0, 1, 2, 3, 4])
 
 
 def _tables(gain_low: float, gain_high: float) -> tuple[pd.DataFrame, ...]:
@@ -282,11 +291,10 @@ def _tables(gain_low: float, gain_high: float) -> tuple[pd.DataFrame, ...]:
 
 def test_the_winner_must_beat_the_default_with_a_ci_excluding_zero(tmp_path):
     configs = {"default": tiny_config(), "trial3": tiny_config(dqn={"learning_rate": 0.005})}
-    lost = decide(*_tables(-1.0, 21.0), configs, list(range(5)), 3)
-    assert lost["winner"] is None and "not written" in lost["reason"]
-    won = decide(*_tables(2.0, 18.0), configs, list(range(5)), 3)
+    lost = decide(*_tables(-1.0, 21.0), configs, list(range(5)), 3, 0.95, "x.yaml")
+    assert lost["winner"] is None and lost["reason"].endswith("x.yaml not written")
+    won = decide(*_tables(2.0, 18.0), configs, list(range(5)), 3, 0.95, "x.yaml")
     assert won["winner"] == "trial3" and won["candidates"][0]["relative_gain"] == 0.1
-    assert won["plan_gain"] == [0.10, 0.15]
     spec = tiny_spec(tmp_path)
     path = tmp_path / "dqn_tuned.yaml"
     write_tuned_config(configs["trial3"], spec, won, path)
@@ -294,22 +302,32 @@ def test_the_winner_must_beat_the_default_with_a_ci_excluding_zero(tmp_path):
 
     tuned = load_experiment(path)
     assert tuned.training.dqn.learning_rate == 0.005 and tuned.training.name == "dqn_tuned"
-    assert "+10.0 % [+2.0 %, +18.0 %]" in path.read_text().replace("%", " %").replace("  ", " ")
-
-
-def test_retrain_compares_the_best_trials_with_the_default_on_the_test_days(tmp_path):
-    spec = tiny_spec(tmp_path, pruning=False, timesteps_per_trial=300)
-    optimize(spec, 2)
-    tuned = tmp_path / "tuned.yaml"
-    decision = retrain(
-        spec, top=1, seeds=range(5), n_test_days=2, workers=1, n_resamples=200, tuned_config=tuned
+    assert (
+        "+10.0% [+2.0%, +18.0%] (95.0% CI, Bonferroni; the plan hoped for +10% to +15%)" in path.read_text()
     )
+
+
+def test_retrain_compares_on_held_out_validation_days_never_test_days(tmp_path):
+    from rl_lib.scenarios.synthetic import SyntheticScenario
+
+    spec = tiny_spec(tmp_path, pruning=False, timesteps_per_trial=300, n_eval_episodes=1)
+    optimize(spec, 2)
+    with pytest.raises(UserError, match="--confirm-days must be between 1 and 2"):
+        retrain(spec, top=1, seeds=range(5), n_days=3)
+    tuned = tmp_path / "tuned.yaml"
+    decision = retrain(spec, top=1, seeds=range(5), n_days=2, workers=1, n_resamples=200, tuned_config=tuned)
     per_episode = pd.read_csv(tmp_path / "retrain" / "per_episode.csv")
     assert sorted(set(per_episode["policy"])) == sorted(["default", decision["candidates"][0]["candidate"]])
-    assert sorted(set(per_episode["seed"])) == [0, 1, 2, 3, 4] and per_episode["day_id"].nunique() == 2
+    assert sorted(set(per_episode["seed"])) == [0, 1, 2, 3, 4]
+    scenario = SyntheticScenario(spec.base.scenario)
+    held_out = scenario.day_ids("validation")[1:3]  # the first one was each run's evaluation day
+    assert sorted(set(per_episode["day_id"])) == sorted(held_out)
+    assert not set(per_episode["day_id"]) & set(scenario.day_ids("test"))
+    assert decision["confidence"] == 0.95  # one candidate: no Bonferroni widening
     assert tuned.exists() == (decision["winner"] is not None)
-    saved = json.loads((tmp_path / "retrain" / "decision.json").read_text())
-    assert saved["winner"] == decision["winner"] and saved["n_test_days"] == 2
+    run = tmp_path / "retrain" / "runs" / "default_seed0"
+    default_run = json.loads((run / "default_training_metadata.json").read_text())
+    assert default_run["config"]["training"]["dqn"] == json.loads(json.dumps(to_dict(spec.base.training.dqn)))
 
 
 # --- a shared PostgreSQL storage ---------------------------------------------------------------

@@ -205,7 +205,6 @@ def build_code_dataset(
     owner: str,
     slug: str = DEFAULT_DATASET_SLUG,
     *,
-    title: str = DEFAULT_DATASET_TITLE,
     repo_root: Path | None = None,
     downloader: Downloader = pip_download,
     wheel_builder: WheelBuilder = pip_wheel,
@@ -220,7 +219,7 @@ def build_code_dataset(
 
     folder = Path(folder)
     repo_root = Path(repo_root) if repo_root is not None else source_package_dir().parent
-    metadata = dataset_metadata(owner, slug, title)
+    metadata = dataset_metadata(owner, slug, DEFAULT_DATASET_TITLE)
     package = package_hash(repo_root / "rl_lib")
     pins = pinned_packages()
     digest = code_hash(package, pins)

@@ -8,7 +8,9 @@
                                      injected, not executed; kernelspec python3), the offline
                                      install cell first
         kernel-metadata.json         what `kaggle kernels push` reads
-        rl_lib_kernel.json           local record: kernel id, results_dir, the runs and their targets
+        rl_lib_kernel.json           local record: kernel id, parameter file, results_dir, the runs
+                                     and their targets, code_hash and dataset (the code data set),
+                                     max_versions and version_timeout_h (for ``rl-lib kaggle run``)
 
 The parameter file holds the notebook's parameters (configs, seeds, results_dir, overrides, workers,
 max_wall_time, device, disk_budget; keys the notebook does not take are reported and ignored) and an
@@ -41,6 +43,7 @@ import yaml
 
 from rl_lib.errors import UserError
 from rl_lib.io import FILE_MODE, atomic_write_json, atomic_write_text
+from rl_lib.kaggle.code_dataset import DEFAULT_DATASET_SLUG
 
 KERNEL_METADATA = "kernel-metadata.json"
 RECORD = "rl_lib_kernel.json"
@@ -71,7 +74,7 @@ class KernelSettings:
 
     title: str | None = None
     owner: str | None = None
-    dataset: str = "rl-lib-code"
+    dataset: str = DEFAULT_DATASET_SLUG
     enable_internet: bool = False
     machine_shape: str = "NvidiaTeslaT4"
     max_versions: int = 8
@@ -155,7 +158,7 @@ def kernel_parameters(
     """
     from rl_lib.config import to_dict
     from rl_lib.experiment import load_experiment
-    from rl_lib.pipeline import check_seeds, load_configs, parse_disk_budget
+    from rl_lib.pipeline import check_train_parameters, load_configs
 
     names = notebook_parameters(notebook)
     unused = sorted(set(params) - set(names))
@@ -166,7 +169,8 @@ def kernel_parameters(
         if required not in params:
             raise UserError(f"parameter {required}: missing from the parameter file")
     configs, seeds, results_dir = params["configs"], params["seeds"], params["results_dir"]
-    check_seeds(seeds)
+    check_train_parameters(seeds, results_dir, params.get("workers"), params.get("max_wall_time"),
+                           params.get("disk_budget"))  # fmt: skip
     if not isinstance(results_dir, str) or not results_dir or Path(results_dir).is_absolute() or (
         ".." in Path(results_dir).parts
     ):  # fmt: skip
@@ -174,7 +178,6 @@ def kernel_parameters(
                         f"/kaggle/working), got {results_dir!r}")  # fmt: skip
     if params.get("device", "auto") not in ("auto", "cpu", "cuda"):
         raise UserError(f"parameter device: expected auto, cpu or cuda, got {params['device']!r}")
-    parse_disk_budget(params.get("disk_budget"))
     experiments = load_configs(configs, params.get("overrides"))
     params["configs"] = [to_dict(load_experiment(c)) if isinstance(c, str) else c for c in configs]
     runs = [
@@ -314,9 +317,7 @@ def build_kernel(
     *,
     owner: str | None = None,
     kernels_dir: str | Path = "kaggle_kernels",
-    repo_root: str | Path | None = None,
-    downloader=None,
-    wheel_builder=None,
+    downloader: Callable[[list[str], Path], None] | None = None,
     log: Callable[[str], None] = print,
 ) -> BuiltKernel:
     """Build (or rebuild) ``kernels_dir/NAME`` and the code data set; see the module docstring.
@@ -341,7 +342,7 @@ def build_kernel(
         raise UserError(
             f"kaggle.title {title!r} resolves to the slug {slug!r}; Kaggle wants at least 5 characters"
         )
-    repo_root = Path(repo_root) if repo_root is not None else code_dataset.source_package_dir().parent
+    repo_root = code_dataset.source_package_dir().parent
     notebook = repo_root / NOTEBOOK
     parameters, runs = kernel_parameters(params, notebook, log)
     kernels_dir = Path(kernels_dir)
@@ -351,7 +352,6 @@ def build_kernel(
         settings.dataset,
         repo_root=repo_root,
         downloader=downloader or code_dataset.pip_download,
-        wheel_builder=wheel_builder or code_dataset.pip_wheel,
     )
     log(f"code data set {dataset.ref}: {'rebuilt' if dataset.rebuilt else 'unchanged'} "
         f"(code hash {dataset.code_hash[:12]}) in {dataset.folder}")  # fmt: skip

@@ -43,6 +43,7 @@ from rl_lib.kaggle.kernel import (
     read_record,
     validate_kernel_folder,
 )
+from rl_lib.training import EXIT_COMPLETED, EXIT_DIVERGED, EXIT_INTERRUPTED
 
 QUEUED, RUNNING, COMPLETE, ERROR = "queued", "running", "complete", "error"
 #: KernelWorkerStatus (kagglesdk) -> what we report.
@@ -56,7 +57,11 @@ PULL_PATTERN = (
     r"(_training_metadata\.json|/best_model/best_model\.(zip|json)|_final\.zip|\.manifest\.json"
     r"|/evaluations?/[^/]+\.(csv|json)|/tensorboard/.+)$"
 )
-EXIT_COMPLETED, EXIT_KERNEL_ERROR, EXIT_INTERRUPTED, EXIT_DIVERGED, EXIT_NO_PROGRESS = 0, 1, 3, 4, 5
+#: Exit codes of :func:`run` besides those it shares with ``rl-lib train`` (completed 0, interrupted 3,
+#: diverged 4).
+EXIT_KERNEL_ERROR, EXIT_NO_PROGRESS = 1, 5
+#: How long :func:`upload_code_dataset` waits for Kaggle to process an upload, and how often it asks.
+DATASET_TIMEOUT_S, DATASET_POLL_S = 600.0, 10.0
 
 
 class KaggleError(UserError):
@@ -110,12 +115,11 @@ def upload_code_dataset(
     *,
     log: Callable[[str], None] = print,
     sleep: Callable[[float], None] = time.sleep,
-    timeout_s: float = 600.0,
-    interval_s: float = 10.0,
 ) -> bool:
     """Create or version the code data set unless its code hash was the last one uploaded.
 
-    :return: True when something was uploaded. It then waits until Kaggle says ``ready``.
+    :return: True when something was uploaded. It then waits until Kaggle says ``ready`` (at most
+        :data:`DATASET_TIMEOUT_S`, asking every :data:`DATASET_POLL_S` seconds).
     """
     uploads = json.loads(uploads_file.read_text()) if uploads_file.is_file() else {}
     if uploads.get(dataset.ref) == dataset.code_hash:
@@ -140,12 +144,12 @@ def upload_code_dataset(
     log(f"code data set {dataset.ref}: {'new version' if exists else 'created'} ({dataset.code_hash[:12]})")
     waited = 0.0
     while (status := str(api.dataset_status(dataset.ref)).lower()) != "ready":
-        if status in DATASET_FAILED or waited >= timeout_s:
+        if status in DATASET_FAILED or waited >= DATASET_TIMEOUT_S:
             raise KaggleError(
                 f"the code data set {dataset.ref} is {status!r} after {waited:.0f} s; see kaggle.com"
             )
-        sleep(interval_s)
-        waited += interval_s
+        sleep(DATASET_POLL_S)
+        waited += DATASET_POLL_S
     atomic_write_json(uploads_file, {**uploads, dataset.ref: dataset.code_hash})
     return True
 

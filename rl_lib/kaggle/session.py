@@ -8,8 +8,8 @@ between Kaggle versions: ``/kaggle/input/SLUG/...``, ``/kaggle/input/notebooks/O
 :func:`prepare_session` is what :func:`rl_lib.pipeline.train_step` calls on Kaggle, before training:
 
 1. every run the step will train (``{name}_seed{seed}``) is searched for recursively under the
-   input, among copies of the same configuration when the caller passes it (another kernel's
-   output mounted as input may hold a run of the same name); of the copies found, the one whose
+   input, among copies of the same configuration (another kernel's output mounted as input may hold
+   a run of the same name); of the copies found, the one whose
    newest checkpoint is verified against its sha256 manifest and furthest along wins, and is copied
    into ``results_dir/runs/`` under the working dir (run files, metadata, best model and that one
    checkpoint; the manifest copied last and verified again), unless the working dir already holds
@@ -34,7 +34,7 @@ import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 from rl_lib.checkpoints import MANIFEST_SUFFIX, CheckpointManager
 from rl_lib.errors import UserError
@@ -86,40 +86,22 @@ def newest_verified_step(run_dir: Path, name: str) -> int | None:
     return None
 
 
-def config_difference(recorded: Any, config: dict) -> str | None:
-    """Where a run's recorded ``config`` differs from ``config`` (both as :func:`rl_lib.config.to_dict`
-    gives them): the first differing ``section.key``, or None for the same experiment. As in
-    :func:`rl_lib.training.check_same_experiment`, ``training.total_timesteps`` may differ."""
-    recorded = recorded if isinstance(recorded, dict) else {}
-    for section, values in config.items():
-        old, new = recorded.get(section), dict(values)
-        old = dict(old) if isinstance(old, dict) else {}
-        if section == "training":
-            old.pop("total_timesteps", None)
-            new.pop("total_timesteps", None)
-        if old != new:
-            return f"{section}.{next((k for k in new if old.get(k) != new[k]), '?')}"
-    return None
-
-
 def find_run_copies(
     root: Path,
     name: str,
     seed: int,
-    config: ExperimentConfig | None = None,
+    config: ExperimentConfig,
     log: Callable[[str], None] = print,
 ) -> list[Path]:
     """Every folder under ``root`` named ``{name}_seed{seed}`` holding this run's metadata.
 
-    The metadata must parse and name the same run (``name`` and ``seed``); anything else is skipped.
-    With ``config``, a copy must also record that configuration (:func:`config_difference`): another
-    kernel's output mounted as input may hold a run of the same name; such copies are logged and
-    skipped.
+    The metadata must parse and name the same run (``name`` and ``seed``), and record ``config``
+    (:func:`rl_lib.training.config_difference`); anything else is skipped. Another kernel's output
+    mounted as input may hold a run of the same name but another configuration: such copies are logged.
     """
-    from rl_lib.config import to_dict
+    from rl_lib.training import config_difference
 
     wanted_dir, metadata = run_dir_name(name, seed), f"{name}_training_metadata.json"
-    wanted_config = None if config is None else to_dict(config)
     found: list[Path] = []
     if not root.is_dir():
         return found
@@ -133,7 +115,7 @@ def find_run_copies(
             continue
         if not (isinstance(data, dict) and data.get("name") == name and data.get("seed") == seed):
             continue
-        differs = None if wanted_config is None else config_difference(data.get("config"), wanted_config)
+        differs = config_difference(data.get("config"), config)
         if differs is not None:
             log(f"Kaggle: ignored {folder}: a {wanted_dir} of another configuration ({differs} differs)")
             continue
@@ -181,19 +163,17 @@ def bring_run_from_input(
     runs_dir: Path,
     name: str,
     seed: int,
-    root: Path | None = None,
+    config: ExperimentConfig,
     log: Callable[[str], None] = print,
-    config: ExperimentConfig | None = None,
 ) -> BroughtRun | None:
     """Bring the furthest verified copy of run ``{name}_seed{seed}`` from the input into ``runs_dir``.
 
-    With ``config``, only copies of that configuration count (:func:`find_run_copies`). Nothing is
-    copied when no copy is found, or when ``runs_dir`` already holds the run with a verified
-    checkpoint at least as far along (a second training call in the same session).
+    Only copies of ``config`` count (:func:`find_run_copies`). Nothing is copied when no copy is
+    found, or when ``runs_dir`` already holds the run with a verified checkpoint at least as far along
+    (a second training call in the same session).
     """
-    root = input_dir() if root is None else root
     candidates = []
-    for copy in find_run_copies(root, name, seed, config, log):
+    for copy in find_run_copies(input_dir(), name, seed, config, log):
         step = newest_verified_step(copy, name)
         candidates.append((-1 if step is None else step, str(copy), copy))
     if not candidates:
@@ -227,16 +207,17 @@ def prepare_session(
     max_wall_time: float | None = None,
     disk_budget: int | None = None,
     log: Callable[[str], None] = print,
-    configs: Mapping[str, ExperimentConfig] | None = None,
+    *,
+    configs: Mapping[str, ExperimentConfig],
 ) -> KaggleSession:
     """Resume-from-input and budgets of one kernel session; see the module docstring.
 
-    :param results_dir: the results folder; a relative one lies under the working dir.
+    :param results_dir: the results folder; a relative one (without ``..``) lies under the working dir.
     :param runs: ``(name, seed)`` of every run the step trains.
     :param max_wall_time: seconds the whole step may train (default: :func:`default_wall_time`).
     :param disk_budget: bytes all runs may hold together (default: 18 GB).
-    :param configs: run name -> its experiment config; a run named here is brought only from copies
-        of that configuration (:func:`find_run_copies`), another run from any copy.
+    :param configs: run name -> its experiment config, for every run of ``runs``: a run is brought
+        only from copies of its configuration (:func:`find_run_copies`).
     """
     from rl_lib.pipeline import RUNS
     from rl_lib.training import KAGGLE_DISK_BUDGET
@@ -247,17 +228,17 @@ def prepare_session(
         if not base.resolve().is_relative_to(working):
             raise UserError(f"parameter results_dir: {base} is outside {working}, which alone survives "
                             "the session; use a relative path")  # fmt: skip
+    elif ".." in base.parts:
+        raise UserError(f"parameter results_dir: {results_dir!r} climbs out with '..'; it must lie under "
+                        f"{working_dir()}, which alone survives the session")  # fmt: skip
     else:
         base = working_dir() / base
     runs_dir = base / RUNS
     budget = KAGGLE_DISK_BUDGET if disk_budget is None else disk_budget
     wall = default_wall_time() if max_wall_time is None else max_wall_time
     deadline = time.time() + wall
-    configs = configs or {}
     brought = tuple(
-        b
-        for name, seed in runs
-        if (b := bring_run_from_input(runs_dir, name, seed, log=log, config=configs.get(name)))
+        b for name, seed in runs if (b := bring_run_from_input(runs_dir, name, seed, configs[name], log=log))
     )
     log(f"Kaggle session: {len(runs)} run(s) in {runs_dir}, {len(brought)} brought from {input_dir()}; "
         f"training stops within {wall / 3600:.2f} h; {budget / 1e9:.2f} GB of disk for all runs")  # fmt: skip

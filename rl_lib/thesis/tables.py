@@ -378,8 +378,9 @@ def inference_table(
                   number(100 * agree.loc[backend, "agreement_with_torch"], 1)]  # fmt: skip
         body.append(" & ".join(cells))
     per_s = label("throughput", lang)
-    header = [label("backend", lang), "p50 (ms)", "p99 (ms)", header_cell(f"{per_s}, lot {batches[0]}"),
-              header_cell(f"{per_s}, lot {batches[-1]}"), header_cell(label("model_mb", lang)),
+    batch = "lot" if lang == "fr" else "batch"
+    header = [label("backend", lang), "p50 (ms)", "p99 (ms)", header_cell(f"{per_s}, {batch} {batches[0]}"),
+              header_cell(f"{per_s}, {batch} {batches[-1]}"), header_cell(label("model_mb", lang)),
               header_cell(label("agreement", lang))]  # fmt: skip
     note = source_note("tables.inference_table", sources)
     return write_tex(

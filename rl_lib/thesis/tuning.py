@@ -45,7 +45,10 @@ TEXT: dict[str, dict[str, str]] = {
     "iqm": {"fr": "Récompense (IQM)", "en": "Reward (IQM)"},
     "diff": {"fr": "Écart au défaut", "en": "Difference to default"},
     "gain": {"fr": "Gain relatif (%)", "en": "Relative gain (%)"},
-    "plan": {"fr": "Le plan initial espérait +10 à 15 %.", "en": "The original plan hoped for +10-15 %."},
+    "plan": {
+        "fr": "Le plan initial espérait +{low} à {high} %.",
+        "en": "The original plan hoped for +{low}-{high} %.",
+    },
     "log": {"fr": "log", "en": "log"},
 }
 
@@ -188,16 +191,20 @@ def retrain_table(
             interval_cell(row["mean_diff"], *row["mean_diff_ci"], 1),
             interval_cell(gain[0], gain[1], gain[2], 1),
         ]))  # fmt: skip
-    n_seeds, n_days, steps = len(decision["seeds"]), decision["n_test_days"], decision["timesteps"]
+    n_seeds, n_days, steps = len(decision["seeds"]), decision["n_days"], decision["timesteps"]
+    level = f"{decision['confidence']:.1%}"
+    plan_low, plan_high = (round(100 * g) for g in decision["plan_gain"])
     if lang == "fr":
-        setting = f"{n_seeds} graines neuves x {n_days} jours de test, {steps} pas par entraînement."
+        setting = (f"{n_seeds} graines neuves x {n_days} jours de validation réservés, {steps} pas par "
+                   f"entraînement ; IC à {level} (Bonferroni).")  # fmt: skip
         verdict = (
             f"Retenue : {row_name(decision['winner'], lang)} (IC de l'écart au-dessus de 0)."
             if decision["winner"]
             else "Aucune configuration ne bat le défaut avec un IC qui exclut 0."
         )
     else:
-        setting = f"{n_seeds} fresh seeds x {n_days} test days, {steps} steps per training run."
+        setting = (f"{n_seeds} fresh seeds x {n_days} held-out validation days, {steps} steps per "
+                   f"training run; {level} CIs (Bonferroni).")  # fmt: skip
         verdict = (
             f"Kept: {row_name(decision['winner'], lang)} (difference CI above 0)."
             if decision["winner"]
@@ -205,7 +212,7 @@ def retrain_table(
         )
     header = [latex_escape(text(k, lang)) for k in ("candidate", "iqm", "diff", "gain")]
     notes = [latex_escape(setting).replace(" x ", r" $\times$ "), latex_escape(verdict),
-             latex_escape(text("plan", lang))]  # fmt: skip
+             latex_escape(text("plan", lang).format(low=plan_low, high=plan_high))]  # fmt: skip
     note = source_note("tuning.retrain_table", sources)
     path = output_path(out, "tuning_retrain", lang, ".tex")
     return write_tex(path, [note], tabular("lccc", header, body, notes))
@@ -232,14 +239,13 @@ def tuning_outputs(study_dir: str | Path, figures_dir: str | Path, tables_dir: s
                 f"{path} is missing: run the tuning (rl-lib tune or notebooks/04_tune.ipynb) first"
             )
     url = storage or default_storage_url(study_dir)
-    summaries = optuna.get_all_study_summaries(url)
-    if len(summaries) != 1:
-        raise UserError(f"{url} holds {len(summaries)} studies; pass the storage of exactly one")
-    study = optuna.load_study(study_name=summaries[0].study_name, storage=url)
+    try:  # a study's folder is OUT/STUDY (rl_lib.tuning.study.make_spec): the name is the folder's
+        study = optuna.load_study(study_name=study_dir.name, storage=url)
+    except KeyError:
+        raise UserError(f"{url} holds no study named {study_dir.name!r}; pass the study's storage") from None
     trials = pd.read_csv(trials_path)
-    sources = [trials_path]
-    figures = [f(study, figures_dir, lang, sources=sources)
+    figures = [f(study, figures_dir, lang, sources=[url])
                for f in (optimization_history, param_importances, parallel_coordinates)]  # fmt: skip
     decision = json.loads(decision_path.read_text())
-    return [*figures, params_table(study, trials, tables_dir, lang, sources=sources),
+    return [*figures, params_table(study, trials, tables_dir, lang, sources=[url, trials_path]),
             retrain_table(decision, tables_dir, lang, sources=[decision_path])]  # fmt: skip

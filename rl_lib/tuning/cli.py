@@ -27,13 +27,14 @@ def cmd_tune(args: argparse.Namespace) -> int:
     print(f"{args.trials} trials done: {spec.study_dir / 'trials.csv'}")
     if args.retrain_top == 0:
         return 0
-    decision = retrain(spec, args.retrain_top, args.retrain_seeds, args.n_test_days, args.retrain_timesteps,
+    decision = retrain(spec, args.retrain_top, args.retrain_seeds, args.confirm_days, args.retrain_timesteps,
                        workers, args.device, tuned_config=args.tuned_config)  # fmt: skip
     for row in decision["candidates"]:
         low, high = row["relative_gain_ci"]
         print(f"{row['candidate']}: reward IQM {row['iqm']:.1f}, gain over the default "
               f"{row['relative_gain']:+.1%} [{low:+.1%}, {high:+.1%}]")  # fmt: skip
-    print(f"default: reward IQM {decision['default_iqm']:.1f}; plan's hope: +10-15 %")
+    low, high = decision["plan_gain"]
+    print(f"default: reward IQM {decision['default_iqm']:.1f}; the plan hoped for +{low:.0%} to +{high:.0%}")
     print(decision["reason"])
     return 0
 
@@ -60,7 +61,12 @@ def add_tune_command(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--retrain-top", type=non_negative_int, default=3, help="best trials re-trained (0: none)")
     p.add_argument("--retrain-seeds", type=non_negative_int, nargs="+", default=[0, 1, 2, 3, 4])
     p.add_argument("--retrain-timesteps", type=positive_int, help="default: the per-trial budget")
-    p.add_argument("--n-test-days", type=positive_int, default=30)
+    p.add_argument(
+        "--confirm-days",
+        type=positive_int,
+        default=30,
+        help="held-out validation days of the re-training comparison (default 30)",
+    )
     p.add_argument("--tuned-config", default="configs/dqn_tuned.yaml", help="written only on a proven win")
     p.set_defaults(func=cmd_tune)
 

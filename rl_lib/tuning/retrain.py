@@ -4,14 +4,18 @@ The study picked its best trials on the validation days, each from one noisy run
 biased upward (a maximum over many noisy scores). So the ``top`` best completed trials (distinct
 parameters) and the base config ("default") are trained again, each with ``seeds`` fresh seeds that
 no tuning run used, at the tuning budget (or ``timesteps``), in ordinary resumable run dirs under
-``STUDY_DIR/retrain/runs``. Every best model then plays the same held-out **test** days.
+``STUDY_DIR/retrain/runs``. Every best model then plays the same **confirmation days**: validation
+days that neither the trials nor the re-trained runs evaluated on (those use the first
+``n_eval_episodes`` validation days). The test days stay untouched: choosing a configuration on them
+would make every later test-day result of the tuned config a selected one.
 
-Comparison: mean and IQM of the reward with 95 % CIs (:func:`rl_lib.stats.aggregate_table`), and each
+Comparison: mean and IQM of the reward with CIs (:func:`rl_lib.stats.aggregate_table`), and each
 candidate's paired difference and relative gain against the default (paired two-level bootstrap over
-test days and seeds). The winner is the candidate with the highest IQM among those whose difference
-with the default has a CI above zero; only then is its config written (``configs/dqn_tuned.yaml``).
-Otherwise nothing is written and the decision says why. Either way ``decision.json`` records the
-measured gain next to the original plan's hoped-for +10-15 %.
+days and seeds), at a Bonferroni-adjusted coverage ``1 - 0.05 / top`` since ``top`` candidates are
+tested. The winner is the candidate with the largest mean difference among those whose interval lies
+above zero; only then is its config written (``configs/dqn_tuned.yaml``). Otherwise nothing is
+written and the decision says why. Either way ``decision.json`` records the measured gain next to the
+original plan's hoped-for gain (:data:`PLAN_GAIN`).
 """
 
 from __future__ import annotations
@@ -29,11 +33,12 @@ from rl_lib.config import to_dict
 from rl_lib.errors import UserError
 from rl_lib.experiment import ExperimentConfig
 from rl_lib.io import atomic_write_csv, atomic_write_json, atomic_write_text
+from rl_lib.run_record import COMPLETED
 from rl_lib.tuning.study import TUNING_SEEDS_START, StudySpec, best_trials, load_study, trial_config
 
 DEFAULT = "default"
 MIN_SEEDS = 5
-PLAN_GAIN = (0.10, 0.15)  # the original plan's expectation (../shared/seeds, week 17), for comparison only
+PLAN_GAIN = (0.10, 0.15)  # the original plan's expectation (its auto-tuner week), for comparison only
 RETRAIN = "retrain"
 
 
@@ -55,11 +60,10 @@ def candidates(spec: StudySpec, top: int, timesteps: int | None = None) -> dict[
     return out
 
 
-def check_fresh_seeds(spec: StudySpec, seeds: Sequence[int]) -> None:
+def check_fresh_seeds(seeds: Sequence[int]) -> None:
     if len(seeds) < MIN_SEEDS or len(set(seeds)) != len(seeds):
         raise UserError(f"re-training needs at least {MIN_SEEDS} distinct seeds, got {list(seeds)}")
-    used = {t.user_attrs.get("training_seed") for t in load_study(spec).get_trials(deepcopy=False)}
-    reused = sorted(s for s in seeds if s in used or s >= TUNING_SEEDS_START)
+    reused = sorted(s for s in seeds if s >= TUNING_SEEDS_START)  # every tuning run's seed is above it
     if reused:
         raise UserError(
             f"seeds {reused} are tuning seeds; re-train with fresh seeds below {TUNING_SEEDS_START}"
@@ -70,14 +74,15 @@ def retrain(
     spec: StudySpec,
     top: int = 3,
     seeds: Sequence[int] = (0, 1, 2, 3, 4),
-    n_test_days: int = 30,
+    n_days: int = 30,
     timesteps: int | None = None,
     workers: int | None = None,
     device: str = "cpu",
     n_resamples: int = 2000,
     tuned_config: str | Path | None = "configs/dqn_tuned.yaml",
 ) -> dict[str, Any]:
-    """Re-train, evaluate on the test days, decide; returns the decision (also ``decision.json``).
+    """Re-train, evaluate on ``n_days`` confirmation days, decide; returns the decision (also
+    ``decision.json``).
 
     Writes ``STUDY_DIR/retrain/``: ``per_episode.csv``, ``aggregate.csv``, ``paired_differences.csv``
     (reward against the default), ``relative_differences.csv``, ``decision.json``; and
@@ -86,37 +91,41 @@ def retrain(
     from rl_lib.evaluation import evaluate_runs
     from rl_lib.scenarios.synthetic import SyntheticScenario
     from rl_lib.stats import aggregate_table, paired_differences, relative_differences
-    from rl_lib.training import seed_run_dir, train_seeds
+    from rl_lib.training import train_seeds
 
     if not isinstance(top, int) or top < 1:
         raise UserError(f"--retrain-top must be a positive integer, got {top!r}")
     seeds = [int(s) for s in seeds]
-    check_fresh_seeds(spec, seeds)
+    check_fresh_seeds(seeds)
     configs = candidates(spec, top, timesteps)
-    available = spec.base.scenario.splits.test_days
-    if not 0 < n_test_days <= available:
-        raise UserError(f"--n-test-days must be between 1 and the {available} days of the test split")
+    seen = spec.settings.n_eval_episodes  # validation days the trials and the runs' best models saw
+    available = spec.base.scenario.splits.validation_days - seen
+    if not 0 < n_days <= available:
+        raise UserError(f"--confirm-days must be between 1 and {available} (the validation days after the "
+                        f"{seen} used for evaluations during training)")  # fmt: skip
     out = spec.study_dir / RETRAIN
     frames = []
-    days = SyntheticScenario(spec.base.scenario).days("test", n_test_days)
+    days = SyntheticScenario(spec.base.scenario).days("validation", seen + n_days)[seen:]
     for name, config in configs.items():
         results = train_seeds(config, seeds, out / "runs", workers, device=device)
-        stopped = [str(r.run_dir) for r in results if r.status != "completed"]
+        stopped = [str(r.run_dir) for r in results if r.status != COMPLETED]
         if stopped:
             raise UserError(
                 f"re-training runs did not complete: {', '.join(stopped)}; run again to resume them"
             )
-        runs = [seed_run_dir(out / "runs", config, s) for s in seeds]
-        frame = evaluate_runs(runs, days, config.reward, which="best")
+        frame = evaluate_runs([r.run_dir for r in results], days, config.reward, which="best")
         frames.append(frame.assign(policy=name))
     per_episode = pd.concat(frames, ignore_index=True)
     aggregate = aggregate_table(per_episode, kpis=["reward", "completion_rate"], n_resamples=n_resamples)
-    paired = paired_differences(per_episode, reference=DEFAULT, kpis=["reward"], n_resamples=n_resamples)
-    relative = relative_differences(per_episode, reference=DEFAULT, n_resamples=n_resamples)
+    confidence = 1 - 0.05 / (len(configs) - 1)  # Bonferroni over the candidates tested
+    paired = paired_differences(per_episode, reference=DEFAULT, kpis=["reward"], n_resamples=n_resamples,
+                                confidence=confidence)  # fmt: skip
+    relative = relative_differences(per_episode, reference=DEFAULT, n_resamples=n_resamples,
+                                    confidence=confidence)  # fmt: skip
     for name, table in (("per_episode", per_episode), ("aggregate", aggregate),
                         ("paired_differences", paired), ("relative_differences", relative)):  # fmt: skip
         atomic_write_csv(table, out / f"{name}.csv")
-    decision = decide(aggregate, paired, relative, configs, seeds, n_test_days)
+    decision = decide(aggregate, paired, relative, configs, seeds, n_days, confidence, tuned_config)
     if decision["winner"] is not None and tuned_config is not None:
         write_tuned_config(configs[decision["winner"]], spec, decision, Path(tuned_config))
         decision["tuned_config"] = str(tuned_config)
@@ -130,7 +139,9 @@ def decide(
     relative: pd.DataFrame,
     configs: dict[str, ExperimentConfig],
     seeds: Sequence[int],
-    n_test_days: int,
+    n_days: int,
+    confidence: float,
+    tuned_config: str | Path | None,
 ) -> dict[str, Any]:
     """The winner (or None) and every candidate's measured gain; see the module docstring."""
     reward = aggregate[aggregate["kpi"] == "reward"].set_index("policy")
@@ -151,12 +162,13 @@ def decide(
             "beats_default": bool(diff["ci_low"] > 0),
             "dqn": to_dict(configs[name].training.dqn),
         })  # fmt: skip
-    winners = sorted((r for r in rows if r["beats_default"]), key=lambda r: -r["iqm"])
+    winners = sorted((r for r in rows if r["beats_default"]), key=lambda r: -r["mean_diff"])
     winner = winners[0]["candidate"] if winners else None
     reason = (
         f"{winner} beats the default: its reward difference CI excludes zero"
         if winner
-        else "no candidate beats the default with a CI that excludes zero: configs/dqn_tuned.yaml not written"
+        else f"no candidate beats the default with a CI that excludes zero: {tuned_config or 'nothing'} "
+        "not written"
     )
     return {
         "winner": winner,
@@ -165,10 +177,17 @@ def decide(
         "default_iqm_ci": [float(reward.at[DEFAULT, "iqm_ci_low"]), float(reward.at[DEFAULT, "iqm_ci_high"])],
         "candidates": rows,
         "seeds": list(seeds),
-        "n_test_days": n_test_days,
+        "n_days": n_days,
+        "days": "validation days after those seen during training (confirmation days)",
+        "confidence": confidence,
         "timesteps": configs[DEFAULT].training.total_timesteps,
         "plan_gain": list(PLAN_GAIN),
     }
+
+
+def _plan(decision: dict) -> str:
+    low, high = decision["plan_gain"]
+    return f"+{low:.0%} to +{high:.0%}"
 
 
 def write_tuned_config(config: ExperimentConfig, spec: StudySpec, decision: dict, path: Path) -> None:
@@ -181,9 +200,10 @@ def write_tuned_config(config: ExperimentConfig, spec: StudySpec, decision: dict
     header = (
         f"# Written by rl-lib tune on {dt.date.today().isoformat()}: study {spec.name!r} "
         f"({spec.study_dir}), {decision['winner']}.\n"
-        f"# Measured on {decision['n_test_days']} test days x {len(decision['seeds'])} fresh seeds at "
-        f"{decision['timesteps']} steps: reward gain over the default {row['relative_gain']:+.1%} "
-        f"[{low:+.1%}, {high:+.1%}] (95 % CI; the plan hoped for +10-15 %).\n"
+        f"# Measured on {decision['n_days']} confirmation (validation) days x {len(decision['seeds'])} fresh "
+        f"seeds at {decision['timesteps']} steps: reward gain over the default {row['relative_gain']:+.1%} "
+        f"[{low:+.1%}, {high:+.1%}] ({decision['confidence']:.1%} CI, Bonferroni; the plan hoped for "
+        f"{_plan(decision)}).\n"
         "# Only the DQN hyperparameters come from the tuner; the rest is the base config.\n"
     )
     atomic_write_text(path, header + yaml.safe_dump(base, sort_keys=False))

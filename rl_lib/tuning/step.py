@@ -11,6 +11,8 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
+import pandas as pd
+
 from rl_lib.errors import UserError
 
 TUNING = "tuning"
@@ -33,7 +35,7 @@ def tune_step(
     retrain_top: int = 3,
     retrain_seeds: list[int] | tuple[int, ...] = (0, 1, 2, 3, 4),
     retrain_timesteps: int | None = None,
-    n_test_days: int = 30,
+    confirm_days: int = 30,
     tuned_config: str | None = "configs/dqn_tuned.yaml",
     figures_dir: str = "thesis_figures",
     tables_dir: str = "latex/generated",
@@ -51,7 +53,7 @@ def tune_step(
     from rl_lib.pipeline import with_overrides
     from rl_lib.thesis.tuning import tuning_outputs
     from rl_lib.tuning.retrain import retrain
-    from rl_lib.tuning.study import EXIT_COMPLETED, TuneSettings, make_spec, optimize, write_trials_table
+    from rl_lib.tuning.study import EXIT_COMPLETED, TuneSettings, make_spec, optimize
 
     for name, value in (("n_trials", n_trials), ("workers", workers), ("retrain_top", retrain_top)):
         if not isinstance(value, int) or isinstance(value, bool) or value < 1:
@@ -67,7 +69,7 @@ def tune_step(
     spec = make_spec(base, study, Path(results_dir) / TUNING, storage, space, settings)
     if optimize(spec, n_trials, workers, max_wall_time, device) != EXIT_COMPLETED:
         raise UserError("the tuning stopped before its budget was used; run the step again to resume it")
-    decision = retrain(spec, retrain_top, list(retrain_seeds), n_test_days, retrain_timesteps,
+    decision = retrain(spec, retrain_top, list(retrain_seeds), confirm_days, retrain_timesteps,
                        workers, device, tuned_config=tuned_config)  # fmt: skip
     outputs = tuning_outputs(spec.study_dir, figures_dir, tables_dir, lang, storage)
-    return {"trials": write_trials_table(spec), "decision": decision, "outputs": outputs}
+    return {"trials": pd.read_csv(spec.study_dir / "trials.csv"), "decision": decision, "outputs": outputs}

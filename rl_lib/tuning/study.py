@@ -58,14 +58,15 @@ from rl_lib.config import to_dict
 from rl_lib.errors import UserError
 from rl_lib.experiment import ExperimentConfig
 from rl_lib.io import atomic_write_csv
+from rl_lib.run_record import COMPLETED, DIVERGED, INTERRUPTED
+from rl_lib.training import EXIT_COMPLETED, EXIT_INTERRUPTED
 from rl_lib.tuning.space import SearchSpace
 
 #: Training seeds of the tuning runs: TUNING_SEEDS_START + the trial's run number. Re-training
 #: (rl_lib.tuning.retrain) refuses these, so the confirmation never reuses a tuning seed.
 TUNING_SEEDS_START = 1_000_000
 MAX_RETRY = 3  # a trial whose worker dies more often than this is left failed
-DIVERGED, PRUNED, COMPLETED, INTERRUPTED = "diverged", "pruned", "completed", "interrupted"
-EXIT_COMPLETED, EXIT_INTERRUPTED = 0, 3
+PRUNED = "pruned"  # the other trial outcomes are run statuses (rl_lib.run_record)
 
 
 @dataclass(frozen=True)
