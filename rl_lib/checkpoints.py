@@ -232,7 +232,7 @@ class CheckpointManager:
                 atomic_write_bytes(path, data)
                 entries[path.name] = {"sha256": sha256_bytes(data), "bytes": len(data)}
             manifest = {"step": step, "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "files": entries}
-            atomic_write_json(stem.with_name(stem.name + MANIFEST_SUFFIX), manifest)
+            atomic_write_json(Checkpoint(step, stem).manifest, manifest)
             self.last_save_seconds = time.perf_counter() - start
             self.on_event("saved", step, {"bytes": sum(e["bytes"] for e in entries.values())})
             self._rotate()

@@ -105,10 +105,6 @@ class Decisions:
     q_values: np.ndarray  # (B, K + 1), unmasked
     masks: np.ndarray  # (B, K + 1)
 
-    @property
-    def refused(self) -> np.ndarray:
-        return self.actions == self.masks.shape[1] - 1
-
 
 class Dispatcher:
     """Masked greedy decisions from a trained run's Q-network.

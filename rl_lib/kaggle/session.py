@@ -36,7 +36,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from rl_lib.checkpoints import MANIFEST_SUFFIX, CheckpointManager
+from rl_lib.checkpoints import Checkpoint, CheckpointManager
 from rl_lib.errors import UserError
 from rl_lib.kaggle import swap_into_place
 
@@ -145,7 +145,7 @@ def _copy_run(source: Path, target: Path, name: str, step: int | None) -> None:
         shutil.copyfile(path, staging / rel)
     if step is not None:
         manager = CheckpointManager(source, name)
-        manifest = manager.stem(step).with_name(manager.stem(step).name + MANIFEST_SUFFIX)
+        manifest = Checkpoint(step, manager.stem(step)).manifest
         files = list(json.loads(manifest.read_text())["files"])
         (staging / "checkpoints").mkdir()
         for filename in files:

@@ -29,8 +29,6 @@ from rl_lib.io import atomic_write_bytes
 # 6.3 in: A4 with 2.5 cm margins (latex/main.tex), 21 cm - 2 x 2.5 cm = 16 cm = 455 pt.
 TEXT_WIDTH_IN = 6.3
 ASPECT = 0.618  # height / width of a single panel (golden ratio)
-FULL_WIDTH = (TEXT_WIDTH_IN, TEXT_WIDTH_IN * ASPECT)
-HALF_WIDTH = (0.48 * TEXT_WIDTH_IN, 0.48 * TEXT_WIDTH_IN * ASPECT)  # two side by side, with a gap
 
 # DejaVu Sans ships with matplotlib: every machine draws the same glyphs, French accents included.
 FONT_FAMILY = "DejaVu Sans"
@@ -109,7 +107,6 @@ LABELS: dict[str, dict[str, str]] = {
     "eval_completion": {"fr": "Taux de service en évaluation (%)", "en": "Evaluation service rate (%)"},
     "iqm_ci": {"fr": "IQM sur les graines, IC à 95 %", "en": "IQM over seeds, 95 % CI"},
     "seeds": {"fr": "graines : {n}", "en": "seeds: {n}"},
-    "ci95": {"fr": "IC à 95 %", "en": "95 % CI"},
     "epsilon": {"fr": "Taux d'exploration ε", "en": "Exploration rate ε"},
     "loss": {"fr": "Perte d'entraînement", "en": "Training loss"},
     "mean_q": {"fr": "Valeur Q moyenne", "en": "Mean Q-value"},
