@@ -137,7 +137,7 @@ def evaluate_agent(
 
 def evaluate_runs(run_dirs: Sequence[Path], days: Sequence[Day], weights: RewardWeights | None = None,
                   which: str = "best") -> pd.DataFrame:  # fmt: skip
-    """Each run's ``which`` model on ``days``; policy = the run's algorithm, seed = its training seed."""
+    """Each run's ``which`` model on ``days``; policy = its ``training.name``, seed = its training seed."""
     from rl_lib.agents import load_model
     from rl_lib.envs import DispatchEnv
     from rl_lib.run_record import read_metadata
@@ -147,5 +147,5 @@ def evaluate_runs(run_dirs: Sequence[Path], days: Sequence[Day], weights: Reward
         meta = read_metadata(run_dir)
         model = load_model(run_dir, which, device="cpu")
         env = DispatchEnv(days=list(days), reward=weights)
-        frames.append(evaluate_agent(model, env, len(days), policy=meta["algo"], seed=int(meta["seed"])))
+        frames.append(evaluate_agent(model, env, len(days), policy=meta["name"], seed=int(meta["seed"])))
     return pd.concat(frames, ignore_index=True) if frames else pd.DataFrame()

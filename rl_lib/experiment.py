@@ -16,16 +16,34 @@ from rl_lib.config import bounded, from_dict, load_yaml
 from rl_lib.envs.core import RewardWeights
 from rl_lib.scenarios.config import ScenarioConfig
 
+NETWORKS = ("fleet", "mlp")
+FLEET_CONTEXTS = ("deepsets", "attention")
+
 
 @dataclass(frozen=True)
 class DQNConfig:
-    """Stable-Baselines3 DQN hyperparameters; defaults from the original plan.
+    """Stable-Baselines3 DQN hyperparameters (:class:`~rl_lib.agents.MaskableDQN`).
 
-    Q-network 512-256-128 (ReLU), replay buffer 100k, gamma 0.99, learning rate 1e-3, target
-    network updated every ``target_update_interval`` steps, epsilon decaying linearly from
-    ``exploration_initial_eps`` to ``exploration_final_eps`` over ``exploration_fraction`` of
-    the run.
+    The original plan's settings are kept where they do no harm: replay buffer 100k, gamma
+    0.99, learning rate 1e-3, target network updated every ``target_update_interval`` steps,
+    epsilon decaying linearly from ``exploration_initial_eps`` to ``exploration_final_eps`` over
+    ``exploration_fraction`` of the run. What makes the agent learn (BENCHMARKS.md, "An agent
+    that learns"): ``network: fleet`` (:mod:`rl_lib.agents.fleet`, one scorer shared by every
+    vehicle; ``mlp`` is the plan's 512-256-128 MLP on the flat vector, kept as the ablation's
+    baseline), ``reward_scale`` 0.1 and the Double DQN target.
     """
+
+    network: str = bounded("fleet", choices=NETWORKS)
+    #: Width of every layer of the fleet network (``network: fleet``).
+    fleet_hidden: int = bounded(128, min=4, max=4096)
+    fleet_context: str = bounded("deepsets", choices=FLEET_CONTEXTS)
+    dueling: bool = False
+    double_q: bool = True
+    reward_scale: float = bounded(0.1, min=1e-6, max=1e6)
+    #: n-step returns (1: one-step TD), masked and cut at episode ends by the replay buffer.
+    n_steps: int = bounded(1, min=1, max=100)
+    #: None: gamma per decision; else gamma per this many minutes of service day (time-aware).
+    discount_tau_min: float | None = bounded(None, min=1e-3, max=1e4)
 
     learning_rate: float = bounded(1e-3, min=1e-7, max=1.0)
     buffer_size: int = bounded(100_000, min=1, max=100_000_000)
@@ -39,6 +57,7 @@ class DQNConfig:
     exploration_initial_eps: float = bounded(1.0, min=0.0, max=1.0)
     exploration_final_eps: float = bounded(0.05, min=0.0, max=1.0)
     max_grad_norm: float = bounded(10.0, min=0.0)
+    #: Hidden layers of the MLP (``network: mlp``).
     net_arch: tuple[int, ...] = bounded((512, 256, 128), min=1, max=65_536)
     #: Store each observation once (next observation = the following row): half the replay memory
     #: and checkpoint size. Exact here because DispatchEnv episodes are never truncated.
@@ -47,7 +66,15 @@ class DQNConfig:
 
 @dataclass(frozen=True)
 class PPOConfig:
-    """sb3-contrib MaskablePPO hyperparameters (SB3 defaults, shared network)."""
+    """sb3-contrib MaskablePPO hyperparameters (SB3 defaults).
+
+    ``network: fleet`` gives per-vehicle logits and a pooled critic
+    (:class:`~rl_lib.agents.fleet.FleetActorCriticPolicy`); ``mlp`` SB3's MLP (``net_arch``).
+    """
+
+    network: str = bounded("fleet", choices=NETWORKS)
+    fleet_hidden: int = bounded(128, min=4, max=4096)
+    fleet_context: str = bounded("deepsets", choices=FLEET_CONTEXTS)
 
     learning_rate: float = bounded(3e-4, min=1e-7, max=1.0)
     n_steps: int = bounded(2048, min=2)

@@ -23,7 +23,12 @@ from pathlib import Path
 import numpy as np
 
 from rl_lib.envs.core import DispatchCore
-from rl_lib.envs.dispatch_env import booking_features, observation_size, write_observation
+from rl_lib.envs.dispatch_env import (
+    booking_features,
+    observation_size,
+    vehicle_capabilities,
+    write_observation,
+)
 from rl_lib.errors import UserError
 
 BACKENDS = ("torch", "onnx", "onnx-int8")
@@ -57,7 +62,7 @@ def export_onnx(run_dir: str | Path, which: str = "best", int8: bool = False) ->
     n_obs, n_actions = model.observation_space.shape[0], int(model.action_space.n)
     fp32 = onnx_path(run_dir, which)
     fp32.parent.mkdir(parents=True, exist_ok=True)
-    example = torch.zeros(1, n_obs)
+    example = torch.zeros(2, n_obs)  # not 1: torch.export specialises size-1 dims, batch included
     program = torch.onnx.export(
         q_net, (example,), dynamo=True, opset_version=OPSET, input_names=["obs"], output_names=["q_values"],
         dynamic_shapes=({0: torch.export.Dim("batch")},), verbose=False,
@@ -120,13 +125,18 @@ class Dispatcher:
             raise UserError(f"backend {backend!r}: choose one of {', '.join(BACKENDS)}")
         self.run_dir, self.backend, self.which = Path(run_dir), backend, which
         self._static_day, self._static = None, None
+        self.any_fleet_size = False  # an ONNX graph is exported for the training fleet's size
         if backend == "torch":
             import torch
 
             torch.set_num_threads(threads)
+            from rl_lib.agents.fleet import FleetQNetwork
+
             model, self._net = _q_network(self.run_dir, which)
             self.n_obs, self.n_actions = model.observation_space.shape[0], int(model.action_space.n)
             self._torch = torch
+            # Shared per-vehicle weights read any fleet size (rl_lib.agents.fleet).
+            self.any_fleet_size = isinstance(self._net, FleetQNetwork)
             return
         import onnxruntime as ort
 
@@ -150,7 +160,7 @@ class Dispatcher:
     # ------------------------------------------------------------------ pieces
     def q_values(self, obs: np.ndarray) -> np.ndarray:
         """(B, K + 1) Q-values of a (B, n_obs) float32 batch."""
-        if obs.ndim != 2 or obs.shape[1] != self.n_obs:
+        if obs.ndim != 2 or (obs.shape[1] != self.n_obs and not self.any_fleet_size):
             raise UserError(f"the model expects observations of {self.n_obs} fields, got shape {obs.shape}")
         if self.backend == "torch":
             with self._torch.no_grad():
@@ -162,20 +172,22 @@ class Dispatcher:
         (each booking evaluated at its decision time against the current fleet)."""
         day = core.day
         k = day.n_vehicles
-        if observation_size(k) != self.n_obs or k + 1 != self.n_actions:
+        n_obs = observation_size(k)
+        if not self.any_fleet_size and (n_obs != self.n_obs or k + 1 != self.n_actions):
             raise UserError(
                 f"{self.run_dir}: the model takes {self.n_obs} observation fields and {self.n_actions} "
                 f"actions; this fleet of {k} vehicles gives {observation_size(k)} and {k + 1}: wrong model "
                 "for this fleet"
             )
         if self._static_day is not day:
-            self._static_day, self._static = day, booking_features(day)
-        obs = np.zeros((len(bookings), self.n_obs), dtype=np.float32)
+            self._static_day, self._static = day, (booking_features(day), vehicle_capabilities(day))
+        static, capability = self._static
+        obs = np.zeros((len(bookings), n_obs), dtype=np.float32)
         masks = np.ones((len(bookings), k + 1), dtype=bool)
         decision_time = day.bookings.decision_time
         for i, b in enumerate(bookings):
             insertion = core.evaluate(int(b), float(decision_time[b]))
-            write_observation(obs[i], self._static[b], insertion, core.free_at, day.fleet.shift_end)
+            write_observation(obs[i], static[b], insertion, core.free_at, day.fleet.shift_end, capability)
             masks[i, :k] = insertion.feasible
         return obs, masks
 
@@ -189,6 +201,18 @@ class Dispatcher:
     def decide(self, core: DispatchCore, booking: int) -> int:
         """The action for one booking: a vehicle index, or ``K`` to refuse."""
         return int(self.decide_batch(core, [booking]).actions[0])
+
+    def play(self, day, weights=None) -> dict[str, float]:
+        """Dispatch a whole day, booking by booking, and return its KPIs (the env's rules and reward;
+        with a fleet network, on a fleet of any size)."""
+        core = DispatchCore(weights)
+        core.reset(day)
+        decision_time = day.bookings.decision_time
+        for booking in range(day.n_bookings):
+            action = self.decide(core, booking)
+            insertion = core.evaluate(booking, float(decision_time[booking]))
+            core.refuse(insertion) if action == day.n_vehicles else core.assign(insertion, action)
+        return core.kpis()
 
 
 def masked_argmax(q: np.ndarray, masks: np.ndarray) -> np.ndarray:

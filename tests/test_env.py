@@ -145,3 +145,60 @@ def test_bad_constructor_arguments_are_rejected(kwargs, message, test_days):
     kwargs = {"days": test_days, **kwargs}
     with pytest.raises(ValueError, match=message):
         DispatchEnv(**kwargs)
+
+
+def test_forced_refusals_are_decided_by_the_env_with_the_same_day_total(test_days):
+    """Bookings no vehicle can serve are refused by the env: fewer decisions, same reward and KPIs."""
+    day = test_days[0]
+    totals, kpis, decisions = {}, {}, {}
+    for auto in (True, False):
+        env = DispatchEnv(days=[day], auto_refuse_infeasible=auto)
+        env.reset(seed=0)
+        policy, total, terminated, n, forced = NearestPolicy(), 0.0, False, 0, 0
+        while not terminated:
+            assert not auto or env._insertion.n_feasible > 0  # every presented booking has a choice
+            choice = policy.choose(env.core, env._insertion)
+            _, reward, terminated, _, info = env.step(env.n_vehicles if choice < 0 else choice)
+            total, n, forced = total + reward, n + 1, forced + info["auto_refused"]
+            assert info["outcome"]["served"] + info["outcome"]["refused"] + info["outcome"]["missed"] == (
+                1 + info["auto_refused"]
+            )
+        totals[auto], kpis[auto], decisions[auto] = total, info["kpis"], (n, forced)
+    assert kpis[True] == kpis[False]
+    assert totals[True] == pytest.approx(totals[False]) == pytest.approx(kpis[False]["reward"])
+    n, forced = decisions[True]
+    assert forced > 0 and n + forced == day.n_bookings == decisions[False][0]
+
+
+def test_elapsed_minutes_and_vehicle_types_in_the_observation(hand_day):
+    env = DispatchEnv(days=[hand_day], auto_refuse_infeasible=False)
+    obs, _ = env.reset(seed=0)
+    k = env.n_vehicles
+    carries = obs[11 + 7 * k : 11 + 9 * k].reshape(2, k)  # fields 7-8: wheelchair, stretcher
+    np.testing.assert_array_equal(carries, [[0, 1, 0], [0, 0, 0]])  # car, wheelchair van, car
+    _, _, _, _, info = env.step(0)
+    assert info["elapsed_min"] == pytest.approx(490.0 - 480.0)  # b0 decided at 480, b1 at 490
+
+
+def test_upcoming_demand_counts_known_undecided_bookings_by_mobility(test_days):
+    day = test_days[0]
+    b = day.bookings
+    i = day.n_bookings // 2
+    now = b.decision_time[i]
+    later = np.arange(day.n_bookings) > i
+    soon = later & (b.known_at <= now) & (b.requested_pickup <= now + 120.0)
+    expected = [int((soon & (b.mobility == m)).sum()) for m in range(3)]
+    assert day.upcoming_at_decision[i].tolist() == expected
+    assert sum(expected) > 0
+
+
+def test_pending_bookings_no_longer_saturates(test_days):
+    env = DispatchEnv(days=test_days, day_sampling="cycle")
+    pending = []
+    for _ in test_days:
+        obs, _ = env.reset()
+        terminated = False
+        while not terminated:
+            pending.append(obs[-6])
+            obs, _, terminated, _, _ = env.step(env.n_vehicles)
+    assert max(pending) < 1.0

@@ -7,6 +7,7 @@ from pathlib import Path
 from sb3_contrib import MaskablePPO
 from stable_baselines3.common.base_class import BaseAlgorithm
 
+from rl_lib.agents.fleet import FleetActorCriticPolicy, FleetDQNPolicy, FleetQNetwork
 from rl_lib.agents.maskable_dqn import DivergenceError, MaskableDQN, MaskableReplayBuffer
 from rl_lib.errors import UserError
 
@@ -31,18 +32,31 @@ def dqn_kwargs(d) -> dict:
         "optimize_memory_usage": d.optimize_memory_usage,
         # SB3 cannot combine optimize_memory_usage with timeout handling; DispatchEnv never truncates.
         "replay_buffer_kwargs": {"handle_timeout_termination": not d.optimize_memory_usage},
-        "policy_kwargs": {"net_arch": list(d.net_arch)},
+        "n_steps": d.n_steps,
+        "double_q": d.double_q,
+        "reward_scale": d.reward_scale,
+        "discount_tau_min": d.discount_tau_min,
+        "policy_kwargs": (
+            {"hidden": d.fleet_hidden, "context": d.fleet_context, "dueling": d.dueling}
+            if d.network == "fleet"
+            else {"net_arch": list(d.net_arch)}
+        ),
     }
+
+
+def policy_name(network: str) -> str:
+    """MaskableDQN's policy alias for a config's ``network``."""
+    return "FleetPolicy" if network == "fleet" else "MlpPolicy"
 
 
 def build_model(training, env, device: str = "auto", tensorboard_log: str | None = None) -> BaseAlgorithm:
     """A fresh agent from a :class:`~rl_lib.experiment.TrainingConfig` on a (vectorised) env."""
     common = {"seed": training.seed, "device": device, "tensorboard_log": tensorboard_log, "verbose": 0}
     if training.algo == "dqn":
-        return MaskableDQN("MlpPolicy", env, **dqn_kwargs(training.dqn), **common)
+        return MaskableDQN(policy_name(training.dqn.network), env, **dqn_kwargs(training.dqn), **common)
     p = training.ppo
     return MaskablePPO(
-        "MlpPolicy",
+        FleetActorCriticPolicy if p.network == "fleet" else "MlpPolicy",  # sb3-contrib's class is not ours
         env,
         learning_rate=p.learning_rate,
         n_steps=p.n_steps,
@@ -53,7 +67,11 @@ def build_model(training, env, device: str = "auto", tensorboard_log: str | None
         clip_range=p.clip_range,
         ent_coef=p.ent_coef,
         max_grad_norm=p.max_grad_norm,
-        policy_kwargs={"net_arch": list(p.net_arch)},
+        policy_kwargs=(
+            {"hidden": p.fleet_hidden, "context": p.fleet_context}
+            if p.network == "fleet"
+            else {"net_arch": list(p.net_arch)}
+        ),
         **common,
     )
 
@@ -85,6 +103,7 @@ def load_model(run_dir: str | Path, which: str = "best", device: str = "auto") -
 
 
 __all__ = [
-    "ALGORITHMS", "DivergenceError", "MaskableDQN", "MaskablePPO", "MaskableReplayBuffer", "build_model",
-    "dqn_kwargs", "load_model",
+    "ALGORITHMS", "DivergenceError", "FleetActorCriticPolicy", "FleetDQNPolicy", "FleetQNetwork",
+    "MaskableDQN", "MaskablePPO", "MaskableReplayBuffer", "build_model", "dqn_kwargs", "load_model",
+    "policy_name",
 ]  # fmt: skip

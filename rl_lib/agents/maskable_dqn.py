@@ -4,11 +4,21 @@ SB3's DQN has no action masking. Three seams add it without forking the algorith
 
 - :class:`MaskableReplayBuffer` stores, with each transition, the action mask of the *next*
   state (read from ``info["action_mask"]``, which :class:`~rl_lib.envs.DispatchEnv` returns
-  for the observation it returns), and pickles only its filled part.
-- :meth:`MaskableDQN.train` takes the TD target's max over the next state's feasible actions
-  only: ``r + gamma * (1 - done) * max_{a' in mask(s')} Q_target(s', a')``.
+  for the observation it returns) and the minutes to the next decision
+  (``info["elapsed_min"]``), and pickles only its filled part. It samples n-step returns
+  (SB3's ``n_steps``, which SB3 only sets up for its own buffers) with the mask of the state
+  n steps ahead, stopping at episode ends and at the newest transition.
+- :meth:`MaskableDQN.train` takes the TD target over the next state's feasible actions only:
+  ``G + disc * (1 - done) * max_{a' in mask(s')} Q_target(s', a')`` (with ``double_q``, the
+  online network's feasible argmax valued by the target network), ``G`` the n-step return
+  times ``reward_scale``.
 - :meth:`MaskableDQN.predict` is masked: greedy among feasible actions, and epsilon-exploration
   draws uniformly among feasible actions (also during the ``learning_starts`` warm-up).
+
+The discount. Decisions come at irregular times (a few seconds to an hour apart), so a
+per-decision ``gamma`` discounts a booking an hour away by how many decisions lie between.
+With ``discount_tau_min`` the discount of a step is ``gamma ** (elapsed minutes / tau)``
+(a semi-MDP reading: ``gamma`` per ``tau`` minutes of service day).
 
 Models save and load as usual: ``MaskableDQN.load(path)``; ``DQN.load(path)`` also works and
 gives an unmasked DQN with the same Q-network.
@@ -16,7 +26,8 @@ gives an unmasked DQN with the same Q-network.
 
 from __future__ import annotations
 
-from typing import Any, NamedTuple
+import warnings
+from typing import Any, ClassVar, NamedTuple
 
 import numpy as np
 import torch as th
@@ -24,10 +35,15 @@ from gymnasium import spaces
 from sb3_contrib.common.maskable.utils import get_action_masks
 from stable_baselines3 import DQN
 from stable_baselines3.common.buffers import ReplayBuffer
+from stable_baselines3.common.policies import BasePolicy
 from stable_baselines3.common.vec_env import VecNormalize
 from torch.nn import functional as F
 
-_TRANSITION_ARRAYS = ("observations", "next_observations", "actions", "rewards", "dones", "timeouts")
+from rl_lib.agents.fleet import FleetDQNPolicy
+
+_TRANSITION_ARRAYS = (
+    "observations", "next_observations", "actions", "rewards", "dones", "timeouts", "elapsed_min",
+)  # fmt: skip
 
 
 class MaskableReplayBufferSamples(NamedTuple):
@@ -36,24 +52,40 @@ class MaskableReplayBufferSamples(NamedTuple):
     next_observations: th.Tensor
     dones: th.Tensor
     rewards: th.Tensor
-    discounts: th.Tensor | None
+    discounts: th.Tensor
     next_action_masks: th.Tensor
 
 
 class MaskableReplayBuffer(ReplayBuffer):
-    """Replay buffer that also keeps the next state's action mask.
+    """Replay buffer that also keeps the next state's action mask, with n-step returns.
 
     Pickling (``model.save_replay_buffer``) writes only the filled part of the arrays, so a
     100k buffer that is 10 % full costs 10 % of the full size on disk; unpickling restores
     the full-size arrays.
+
+    :param n_steps: transitions summed into each sampled return (1: one-step TD).
+    :param gamma: discount per decision, or per ``discount_tau_min`` minutes.
+    :param discount_tau_min: None (per-decision discount) or the minutes one ``gamma`` stands for.
     """
 
     def __init__(
-        self, buffer_size: int, observation_space: spaces.Space, action_space: spaces.Space, *args, **kwargs
+        self,
+        buffer_size: int,
+        observation_space: spaces.Space,
+        action_space: spaces.Space,
+        *args,
+        n_steps: int = 1,
+        gamma: float = 0.99,
+        discount_tau_min: float | None = None,
+        **kwargs,
     ):
         if not isinstance(action_space, spaces.Discrete):
             raise ValueError("MaskableReplayBuffer needs a Discrete action space")
+        if n_steps < 1 or (discount_tau_min is not None and discount_tau_min <= 0):
+            raise ValueError("n_steps must be >= 1 and discount_tau_min None or > 0")
         super().__init__(buffer_size, observation_space, action_space, *args, **kwargs)
+        self.n_steps, self.gamma, self.discount_tau_min = n_steps, gamma, discount_tau_min
+        self.elapsed_min = np.zeros((self.buffer_size, self.n_envs), dtype=np.float32)
         if self.n_envs != 1:
             # SB3's _get_samples draws its own env index per sample, which the masks could not follow.
             raise ValueError("MaskableReplayBuffer supports one env (the training env of rl_lib); got "
@@ -68,18 +100,56 @@ class MaskableReplayBuffer(ReplayBuffer):
                 "MaskableReplayBuffer needs info['action_mask'] at every step (the mask of the returned "
                 "observation); the env does not provide it"
             ) from None
+        if self.discount_tau_min is not None:
+            try:
+                self.elapsed_min[self.pos] = [info["elapsed_min"] for info in infos]
+            except KeyError:
+                raise KeyError("a time-aware discount (discount_tau_min) needs info['elapsed_min'] at every "
+                               "step; the env does not provide it") from None  # fmt: skip
         super().add(obs, next_obs, action, reward, done, infos)
+
+    def step_discounts(self, indices: np.ndarray) -> np.ndarray:
+        """The discount of each stored transition (per decision, or by its elapsed minutes)."""
+        if self.discount_tau_min is None:
+            return np.full(indices.shape, self.gamma, dtype=np.float32)
+        return (self.gamma ** (self.elapsed_min[indices, 0] / self.discount_tau_min)).astype(np.float32)
 
     def _get_samples(
         self, batch_inds: np.ndarray, env: VecNormalize | None = None
     ) -> MaskableReplayBufferSamples:
-        samples = super()._get_samples(batch_inds, env)
-        env_indices = (
-            np.random.randint(0, high=self.n_envs, size=(len(batch_inds),)) if self.n_envs > 1 else 0
-        )
-        masks = self.next_action_masks[batch_inds, env_indices]
+        """n-step samples: ``G = sum_j (prod_{i<j} disc_i) r_j`` over the window's transitions,
+        bootstrapped with ``prod disc`` at the window's last next state, and that state's mask.
+
+        A window stops at the first episode end (done or timeout) and at the newest transition
+        (``pos - 1``: what follows it in the ring is older data, or nothing yet).
+        """
+        steps = np.arange(self.n_steps)
+        window = (batch_inds[:, None] + steps) % self.buffer_size  # (B, n)
+        ends = (self.dones[window, 0] > 0) | (self.timeouts[window, 0] > 0)
+        ends |= window == (self.pos - 1) % self.buffer_size
+        ends[:, -1] = True
+        last = ends.argmax(axis=1)  # offset of each window's last transition
+        inside = steps[None, :] <= last[:, None]
+        discount = self.step_discounts(window)
+        through = np.cumprod(discount, axis=1)
+        before = np.concatenate([np.ones((len(batch_inds), 1), np.float32), through[:, :-1]], axis=1)
+        rewards = self._normalize_reward(self.rewards[window, 0], env)
+        returns = (rewards * before * inside).sum(axis=1, keepdims=True)
+        rows = np.arange(len(batch_inds))
+        end = window[rows, last]
+        if self.optimize_memory_usage:
+            next_obs = self.observations[(end + 1) % self.buffer_size, 0]
+        else:
+            next_obs = self.next_observations[end, 0]
+        dones = self.dones[end, 0] * (1 - self.timeouts[end, 0])
         return MaskableReplayBufferSamples(
-            *samples[:5], samples.discounts, th.as_tensor(masks, device=self.device)
+            self.to_torch(self._normalize_obs(self.observations[batch_inds, 0], env)),
+            self.to_torch(self.actions[batch_inds, 0]),
+            self.to_torch(self._normalize_obs(next_obs, env)),
+            self.to_torch(dones.reshape(-1, 1)),
+            self.to_torch(returns.astype(np.float32)),
+            self.to_torch(through[rows, last].reshape(-1, 1)),
+            th.as_tensor(self.next_action_masks[end, 0], device=self.device),
         )
 
     @property
@@ -134,17 +204,48 @@ class MaskableReplayBuffer(ReplayBuffer):
 class MaskableDQN(DQN):
     """SB3 DQN whose action choice and TD target respect the env's action mask.
 
-    Same constructor as :class:`stable_baselines3.DQN`; the replay buffer defaults to
+    Same constructor as :class:`stable_baselines3.DQN` (``n_steps`` included, here honoured by
+    the masked buffer), plus:
+
+    :param double_q: Double DQN target (van Hasselt et al. 2016): the online network chooses the
+        next action among the feasible ones, the target network values it.
+    :param reward_scale: rewards are multiplied by it in the TD target, so the Q-values are in
+        scaled units. It keeps the returns (hundreds of reward units) within reach of the Huber
+        loss's linear zone and of the gaps between vehicles.
+    :param discount_tau_min: None (``gamma`` per decision) or the minutes of service day one
+        ``gamma`` stands for (time-aware discount; see the module docstring).
+
+    Policies: ``"MlpPolicy"`` (SB3's MLP) and ``"FleetPolicy"``
+    (:class:`~rl_lib.agents.fleet.FleetDQNPolicy`). The replay buffer defaults to
     :class:`MaskableReplayBuffer`. The env must expose ``action_masks()`` (sb3-contrib
     convention) and put ``info["action_mask"]`` in every step's info.
     """
 
-    def __init__(self, *args, **kwargs) -> None:
+    policy_aliases: ClassVar[dict[str, type[BasePolicy]]] = {
+        **DQN.policy_aliases,
+        "FleetPolicy": FleetDQNPolicy,
+    }
+
+    def __init__(
+        self,
+        *args,
+        double_q: bool = False,
+        reward_scale: float = 1.0,
+        discount_tau_min: float | None = None,
+        **kwargs,
+    ) -> None:
         kwargs.setdefault("replay_buffer_class", MaskableReplayBuffer)
+        self.double_q, self.reward_scale, self.discount_tau_min = double_q, reward_scale, discount_tau_min
         super().__init__(*args, **kwargs)
 
     def _setup_model(self) -> None:
-        super()._setup_model()
+        if issubclass(self.replay_buffer_class, MaskableReplayBuffer):
+            extra = {"n_steps": self.n_steps, "gamma": self.gamma, "discount_tau_min": self.discount_tau_min}
+            self.replay_buffer_kwargs = {**self.replay_buffer_kwargs, **extra}
+        with warnings.catch_warnings():
+            # SB3 warns that it does not set up n-step returns for a custom buffer: done just above.
+            warnings.filterwarnings("ignore", message=r"`n_steps=\d+` is ignored")
+            super()._setup_model()
         if not isinstance(self.replay_buffer, MaskableReplayBuffer):
             raise TypeError("MaskableDQN needs a MaskableReplayBuffer (replay_buffer_class)")
 
@@ -196,11 +297,8 @@ class MaskableDQN(DQN):
         losses, mean_q = [], []
         for _ in range(gradient_steps):
             data = self.replay_buffer.sample(batch_size, env=self._vec_normalize_env)
-            discounts = data.discounts if data.discounts is not None else self.gamma
             with th.no_grad():
-                next_q = self.q_net_target(data.next_observations)
-                next_q = next_q.masked_fill(~data.next_action_masks, -th.inf).max(dim=1).values.reshape(-1, 1)
-                target_q = data.rewards + (1 - data.dones) * discounts * next_q
+                target_q = self.td_target(data)
             current_q_all = self.q_net(data.observations)
             current_q = th.gather(current_q_all, dim=1, index=data.actions.long())
             loss = F.smooth_l1_loss(current_q, target_q)
@@ -216,6 +314,17 @@ class MaskableDQN(DQN):
         self.logger.record("train/n_updates", self._n_updates, exclude="tensorboard")
         self.logger.record("train/loss", float(np.mean(losses)))
         self.logger.record("train/mean_q", float(np.mean(mean_q)))
+
+    def td_target(self, data: MaskableReplayBufferSamples) -> th.Tensor:
+        """``reward_scale * G + disc * (1 - done) * Q_target(s', a*)``, a* the feasible max (or the
+        online network's feasible argmax with ``double_q``)."""
+        next_q = self.q_net_target(data.next_observations)
+        if self.double_q:
+            online = self.q_net(data.next_observations).masked_fill(~data.next_action_masks, -th.inf)
+            next_q = next_q.gather(1, online.argmax(dim=1, keepdim=True))
+        else:
+            next_q = next_q.masked_fill(~data.next_action_masks, -th.inf).max(dim=1, keepdim=True).values
+        return self.reward_scale * data.rewards + (1 - data.dones) * data.discounts * next_q
 
 
 class DivergenceError(RuntimeError):

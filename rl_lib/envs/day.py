@@ -17,6 +17,8 @@ from rl_lib.envs.travel import TravelModel
 
 #: Latest time (minutes since midnight of the service day) a day may mention.
 MAX_TIME_MIN = 2880.0
+#: Look-ahead of :attr:`Day.upcoming_at_decision` (minutes after the decision time).
+UPCOMING_HORIZON_MIN = 120.0
 
 
 class Mobility(IntEnum):
@@ -130,6 +132,7 @@ class Day:
     # Derived once per day, read at every decision (see __post_init__).
     pending_at_decision: np.ndarray = field(init=False, repr=False)
     recent_requests_at_decision: np.ndarray = field(init=False, repr=False)
+    upcoming_at_decision: np.ndarray = field(init=False, repr=False)  # (n, 3): by mobility
 
     def __post_init__(self) -> None:
         b = self.bookings
@@ -154,6 +157,11 @@ class Day:
         recent = known & (b.known_at[None, :] > now[:, None] - 60.0) & ~b.advance[None, :]
         object.__setattr__(self, "pending_at_decision", (later & known).sum(axis=1))
         object.__setattr__(self, "recent_requests_at_decision", recent.sum(axis=1))
+        # Known, undecided bookings wanting a pickup within the next UPCOMING_HORIZON_MIN, per
+        # mobility: the demand the fleet must keep room for (what anticipation needs).
+        soon = later & known & (b.requested_pickup[None, :] <= now[:, None] + UPCOMING_HORIZON_MIN)
+        by_mobility = np.stack([soon & (b.mobility[None, :] == m) for m in Mobility], axis=-1)
+        object.__setattr__(self, "upcoming_at_decision", by_mobility.sum(axis=1))
 
     @property
     def n_vehicles(self) -> int:

@@ -9,8 +9,8 @@ import gymnasium as gym
 import numpy as np
 from gymnasium import spaces
 
-from rl_lib.envs.core import MISSED, REFUSED, SERVED, DispatchCore, Insertion, RewardWeights
-from rl_lib.envs.day import Day
+from rl_lib.envs.core import MISSED, REFUSED, SERVED, DispatchCore, Insertion, Outcome, RewardWeights
+from rl_lib.envs.day import COMPATIBLE, Day, Mobility
 
 # Normalisation scales: every observation field is divided by its scale and clipped to [0, 1].
 MINUTES_PER_DAY = 1440.0
@@ -22,8 +22,9 @@ LATENESS_SCALE_MIN = 60.0
 DEADHEAD_SCALE_KM = 50.0
 FREE_SCALE_MIN = 240.0
 SHIFT_SCALE_MIN = 720.0
-PENDING_SCALE = 50.0
+PENDING_SCALE = 150.0  # ~110 advance bookings are pending at the day start: 50 saturated
 RECENT_SCALE = 20.0
+UPCOMING_SCALE = 30.0
 
 BOOKING_FEATURES = (
     "time_of_day", "lead_to_pickup", "window", "mobility_ambulatory", "mobility_wheelchair",
@@ -32,18 +33,23 @@ BOOKING_FEATURES = (
 )  # fmt: skip
 VEHICLE_FEATURES = (
     "feasible", "compatible", "eta_to_pickup", "lateness_if_assigned", "deadhead_km",
-    "time_until_free", "shift_remaining",
+    "time_until_free", "shift_remaining", "carries_wheelchair", "carries_stretcher",
 )  # fmt: skip
-GLOBAL_FEATURES = ("day_elapsed", "pending_bookings", "recent_requests", "feasible_share")
+GLOBAL_FEATURES = (
+    "day_elapsed", "pending_bookings", "recent_requests", "upcoming_ambulatory", "upcoming_wheelchair",
+    "upcoming_stretcher", "feasible_share",
+)  # fmt: skip
 N_BOOKING, N_VEHICLE, N_GLOBAL = len(BOOKING_FEATURES), len(VEHICLE_FEATURES), len(GLOBAL_FEATURES)
 
 
+# Scales of the 7 per-decision vehicle fields (the two capability fields are 0/1 constants).
 _ROW_SCALES = (
     1.0
     / np.array([1, 1, ETA_SCALE_MIN, LATENESS_SCALE_MIN, DEADHEAD_SCALE_KM, FREE_SCALE_MIN, SHIFT_SCALE_MIN])[
         :, None
     ]
 )
+N_DYNAMIC_VEHICLE = len(_ROW_SCALES)
 
 
 class DispatchEnv(gym.Env):
@@ -57,6 +63,15 @@ class DispatchEnv(gym.Env):
     planar or matrix travel model with hourly congestion), so every commitment is served
     exactly as planned; see :mod:`rl_lib.envs.core` for the vehicle model.
 
+    **Forced refusals are decided by the env.** A booking that no vehicle can serve (24 % of
+    the default scenario's bookings) leaves no choice, and presenting it would only add noise
+    to the agent's value targets. With ``auto_refuse_infeasible`` (the default) the env refuses
+    it itself, recorded as *missed* with its ``refusal_penalty`` folded into the reward of the
+    step that led to it (for bookings before the first decision: the first step's reward), so
+    a day's total reward and KPIs are the same as when every booking is presented. Only the
+    day's first booking can be presented without a feasible vehicle, when none of the day's
+    bookings has one (every episode has at least one decision).
+
     ## Action Space
     ``Discrete(K + 1)`` with K the fleet size: action ``k < K`` appends the booking to vehicle
     ``k``; action ``K`` refuses it. A vehicle is *infeasible* (masked) when its type cannot
@@ -68,7 +83,7 @@ class DispatchEnv(gym.Env):
     and ``info["invalid_action"] = True``; no vehicle state changes.
 
     ## Observation Space
-    ``Box(0, 1, (11 + 7 K + 4,), float32)``; every field is divided by the scale given and
+    ``Box(0, 1, (11 + 9 K + 7,), float32)``; every field is divided by the scale given and
     clipped to [0, 1]. Booking block (11):
 
     | # | field | meaning |
@@ -81,7 +96,7 @@ class DispatchEnv(gym.Env):
     | 9 | trip_km | pickup-to-dropoff road km / 50 |
     | 10 | advance_booking | 1 if known at the day start |
 
-    Then 7 fields per vehicle, computed for *this* booking, field-major: field f of vehicle k
+    Then 9 fields per vehicle, computed for *this* booking, field-major: field f of vehicle k
     is at index ``11 + f * K + k``:
 
     | # | field | meaning |
@@ -93,10 +108,24 @@ class DispatchEnv(gym.Env):
     | 4 | deadhead_km | empty km to the pickup / 50 |
     | 5 | time_until_free | (end of its committed queue, or its shift start if later, - now)^+ / 240 min |
     | 6 | shift_remaining | (shift end - now)^+ / 720 min |
+    | 7 | carries_wheelchair | 1 if its type carries wheelchairs (van or stretcher unit) |
+    | 8 | carries_stretcher | 1 if its type carries stretchers (stretcher unit) |
 
-    Then the global block (4): day_elapsed ((now - day start) / day length), pending_bookings
-    (known, not yet decided / 50), recent_requests (same-day requests in the last 60 min / 20),
-    feasible_share (feasible vehicles / K).
+    Fields 7-8 tell the vehicle types apart whatever the booking: for an ambulatory booking a
+    car and a stretcher unit are both *compatible*, but only one of them is scarce.
+
+    Then the global block (7):
+
+    | # | field | meaning |
+    |---|-------|---------|
+    | 0 | day_elapsed | (now - day start) / day length |
+    | 1 | pending_bookings | known, not yet decided / 150 |
+    | 2 | recent_requests | same-day requests in the last 60 min / 20 |
+    | 3-5 | upcoming_* | known, undecided bookings of each mobility wanting a pickup within 120 min / 30 |
+    | 6 | feasible_share | feasible vehicles / K |
+
+    The vehicle block's layout does not depend on K beyond its length, so a network that
+    scores each vehicle with shared weights (:mod:`rl_lib.agents.fleet`) reads any fleet size.
 
     ## Rewards
     Serving booking b: ``service_reward * priority_weight[b] - deadhead_per_km * deadhead_km -
@@ -115,8 +144,10 @@ class DispatchEnv(gym.Env):
     ## Info
     Every step: ``action_mask`` (for the returned observation), ``outcome`` (``served``,
     ``refused``, ``missed``, ``deadhead_km``, ``loaded_km``, ``lateness_min``: the step's KPI
-    deltas), ``invalid_action``, ``day_id``. On the last step: ``kpis``, the day's KPIs
-    (:data:`rl_lib.envs.core.KPI_DESCRIPTIONS`).
+    deltas, forced refusals included), ``auto_refused`` (bookings the env refused since the
+    previous decision), ``elapsed_min`` (minutes from this decision to the next one, 0 at the
+    end: what a time-aware discount needs), ``invalid_action``, ``day_id``. On the last step:
+    ``kpis``, the day's KPIs (:data:`rl_lib.envs.core.KPI_DESCRIPTIONS`).
 
     ## Arguments
     :param days: the days to play (e.g. ``SyntheticScenario().days("train", 100)``), or None
@@ -124,6 +155,8 @@ class DispatchEnv(gym.Env):
     :param reward: reward weights (default :class:`RewardWeights`).
     :param day_sampling: ``"random"`` or ``"cycle"``.
     :param render_mode: None or ``"ansi"`` (a one-line text summary of the pending decision).
+    :param auto_refuse_infeasible: let the env refuse bookings no vehicle can serve (above);
+        False presents every booking, as before.
     """
 
     metadata = {"render_modes": ["ansi"], "render_fps": 4}
@@ -135,6 +168,7 @@ class DispatchEnv(gym.Env):
         day_sampling: str = "random",
         render_mode: str | None = None,
         n_default_days: int = 100,
+        auto_refuse_infeasible: bool = True,
     ) -> None:
         if days is None:
             from rl_lib.scenarios.synthetic import SyntheticScenario
@@ -152,6 +186,7 @@ class DispatchEnv(gym.Env):
         self.days = days
         self.day_sampling = day_sampling
         self.render_mode = render_mode
+        self.auto_refuse_infeasible = auto_refuse_infeasible
         self.core = DispatchCore(reward)
         self.n_vehicles = days[0].n_vehicles
         self.action_space = spaces.Discrete(self.n_vehicles + 1)
@@ -163,6 +198,7 @@ class DispatchEnv(gym.Env):
         self._next_day = 0
         self._booking = 0
         self._insertion: Insertion | None = None
+        self._carried: list[Outcome] = []  # forced refusals before the first decision
 
     # ---------------------------------------------------------------- gym API
     def reset(self, *, seed: int | None = None, options: dict[str, Any] | None = None):
@@ -189,8 +225,21 @@ class DispatchEnv(gym.Env):
         self._decision_time = day.bookings.decision_time.tolist()  # floats: cheaper per step
         self.core.reset(self.day)
         self._static = booking_features(self.day)
+        self._capability = vehicle_capabilities(self.day)
         self._booking = 0
-        self._insertion = self.core.evaluate(0, self.day.bookings.decision_time[0])
+        self._insertion = self.core.evaluate(0, self._decision_time[0])
+        # Forced refusals before the first decision (refusals leave the fleet as it is, so these
+        # evaluations are the ones the refusals would make); their penalty goes to the first step.
+        forced = []
+        if self.auto_refuse_infeasible:
+            while self._insertion.n_feasible == 0 and self._booking + 1 < self._n_bookings:
+                forced.append(self._insertion)
+                self._booking += 1
+                self._insertion = self.core.evaluate(self._booking, self._decision_time[self._booking])
+            if self._insertion.n_feasible == 0:  # no booking of the day is servable: present the first
+                forced, self._booking = [], 0
+                self._insertion = self.core.evaluate(0, self._decision_time[0])
+        self._carried = [self.core.refuse(insertion) for insertion in forced]
 
     def step(self, action):
         insertion = self._insertion
@@ -202,31 +251,49 @@ class DispatchEnv(gym.Env):
         else:
             outcome = self.core.assign(insertion, action)
         self._booking += 1
-        terminated = self._booking >= self._n_bookings
-        status = outcome.status
+        b = self._booking
+        self._insertion = self.core.evaluate(b, self._decision_time[b]) if b < self._n_bookings else None
+        outcomes = [*self._carried, outcome, *self._refuse_forced()]
+        self._carried = []
+        terminated = self._insertion is None
+        statuses = [o.status for o in outcomes]
         info: dict[str, Any] = {
             "outcome": {
-                "served": float(status == SERVED),
-                "refused": float(status == REFUSED),
-                "missed": float(status == MISSED),
+                "served": float(statuses.count(SERVED)),
+                "refused": float(statuses.count(REFUSED)),
+                "missed": float(statuses.count(MISSED)),
                 "deadhead_km": outcome.deadhead_km,
                 "loaded_km": outcome.loaded_km,
                 "lateness_min": outcome.lateness_min,
             },
+            "auto_refused": len(outcomes) - 1,
             "invalid_action": outcome.invalid_action,
             "day_id": self.day.day_id,
         }
         if terminated:
-            self._insertion = None
             obs = np.zeros(self.observation_space.shape, dtype=np.float32)
             info["action_mask"] = np.ones(self.n_vehicles + 1, dtype=bool)
+            info["elapsed_min"] = 0.0
             info["kpis"] = self.core.kpis()
         else:
-            b = self._booking
-            self._insertion = self.core.evaluate(b, self._decision_time[b])
             obs = self._observation()
             info["action_mask"] = self.action_masks()
-        return obs, outcome.reward, terminated, False, info
+            info["elapsed_min"] = self._decision_time[self._booking] - insertion.now
+        reward = outcome.reward if len(outcomes) == 1 else float(sum(o.reward for o in outcomes))
+        return obs, reward, terminated, False, info
+
+    def _refuse_forced(self) -> list[Outcome]:
+        """Refuse the bookings from the pending one on that no vehicle can serve, up to the first
+        that has a feasible vehicle (or the day's end, leaving ``_insertion`` None)."""
+        outcomes = []
+        if not self.auto_refuse_infeasible:
+            return outcomes
+        while self._insertion is not None and self._insertion.n_feasible == 0:
+            outcomes.append(self.core.refuse(self._insertion))
+            self._booking += 1
+            b = self._booking
+            self._insertion = self.core.evaluate(b, self._decision_time[b]) if b < self._n_bookings else None
+        return outcomes
 
     def get_state(self) -> dict[str, Any]:
         """Everything needed to continue this episode exactly (for checkpoints), picklable."""
@@ -236,7 +303,8 @@ class DispatchEnv(gym.Env):
             "day_index": getattr(self, "_day_index", None),
         }
         if state["day_index"] is not None:
-            state.update(booking=self._booking, core=self.core.snapshot(), done=self._insertion is None)
+            state.update(booking=self._booking, core=self.core.snapshot(), done=self._insertion is None,
+                         carried=list(self._carried))  # fmt: skip
         return state
 
     def set_state(self, state: dict[str, Any]) -> None:
@@ -248,6 +316,7 @@ class DispatchEnv(gym.Env):
         self._load_day(state["day_index"])
         self.core.restore(state["core"])
         self._booking = state["booking"]
+        self._carried = list(state["carried"])
         self._insertion = (
             None
             if state["done"]
@@ -275,12 +344,12 @@ class DispatchEnv(gym.Env):
     def _observation(self) -> np.ndarray:
         # Written into a preallocated buffer, then copied: this runs at every decision.
         write_observation(self._obs, self._static[self._booking], self._insertion, self.core.free_at,
-                          self.day.fleet.shift_end, self._vehicle_rows)  # fmt: skip
+                          self.day.fleet.shift_end, self._capability, self._vehicle_rows)  # fmt: skip
         return self._obs.copy()
 
 
 def booking_features(day: Day) -> np.ndarray:
-    """(n_bookings, 11 + 3) float32: the booking block and the first three global fields.
+    """(n_bookings, 11 + 6) float32: the booking block and the first six global fields.
 
     They depend on the booking and the day only, so they are computed once per day.
     """
@@ -288,7 +357,7 @@ def booking_features(day: Day) -> np.ndarray:
     n = day.n_bookings
     now = bk.decision_time
     rows = np.arange(n)
-    feats = np.zeros((n, N_BOOKING + 3), dtype=np.float32)
+    feats = np.zeros((n, N_BOOKING + N_GLOBAL - 1), dtype=np.float32)
     feats[:, 0] = now / MINUTES_PER_DAY
     feats[:, 1] = (bk.requested_pickup - now) / LEAD_SCALE_MIN
     feats[:, 2] = bk.window_min / WINDOW_SCALE_MIN
@@ -299,7 +368,14 @@ def booking_features(day: Day) -> np.ndarray:
     feats[:, 11] = (now - day.start_min) / (day.end_min - day.start_min)
     feats[:, 12] = day.pending_at_decision / PENDING_SCALE
     feats[:, 13] = day.recent_requests_at_decision / RECENT_SCALE
+    feats[:, 14 : 14 + len(Mobility)] = day.upcoming_at_decision / UPCOMING_SCALE
     return np.clip(feats, 0.0, 1.0)
+
+
+def vehicle_capabilities(day: Day) -> np.ndarray:
+    """(2, K) float32: the vehicle fields carries_wheelchair and carries_stretcher (constant per day)."""
+    carries = COMPATIBLE[day.fleet.vehicle_type]  # (K, mobility)
+    return carries[:, [Mobility.WHEELCHAIR, Mobility.STRETCHER]].T.astype(np.float32)
 
 
 def observation_size(n_vehicles: int) -> int:
@@ -307,7 +383,7 @@ def observation_size(n_vehicles: int) -> int:
 
 
 def vehicle_rows(obs: np.ndarray, n_vehicles: int) -> np.ndarray:
-    """The (7, K) view of an observation vector's vehicle block (field-major)."""
+    """The (9, K) view of an observation vector's vehicle block (field-major)."""
     return obs[N_BOOKING : N_BOOKING + N_VEHICLE * n_vehicles].reshape(N_VEHICLE, n_vehicles)
 
 
@@ -317,20 +393,24 @@ def write_observation(
     insertion: Insertion,
     free_at: np.ndarray,
     shift_end: np.ndarray,
+    capability: np.ndarray,
     rows: np.ndarray | None = None,
 ) -> None:
     """Fill ``obs`` (float32) for one pending booking: the only code that builds observations.
 
     :param static_row: the booking's row of :func:`booking_features`.
     :param insertion: the core's evaluation of the booking against every vehicle.
+    :param capability: the day's :func:`vehicle_capabilities`.
     :param rows: ``vehicle_rows(obs, K)`` when the caller keeps it (saves a reshape per call).
     """
     k = len(free_at)
     now = insertion.now
-    obs[:N_BOOKING] = static_row[:N_BOOKING]  # booking fields and 3 global ones: precomputed
+    obs[:N_BOOKING] = static_row[:N_BOOKING]  # booking fields and 6 global ones: precomputed
     obs[-N_GLOBAL:-1] = static_row[N_BOOKING:]
     obs[-1] = insertion.n_feasible / k
     rows = vehicle_rows(obs, k) if rows is None else rows
+    rows[N_DYNAMIC_VEHICLE:] = capability
+    rows = rows[:N_DYNAMIC_VEHICLE]
     rows[0] = insertion.feasible
     rows[1] = insertion.compatible
     np.subtract(insertion.pickup, now, out=rows[2])
