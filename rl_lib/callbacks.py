@@ -20,6 +20,7 @@ from stable_baselines3.common.callbacks import BaseCallback
 
 from rl_lib.agents.maskable_dqn import DivergenceError
 from rl_lib.checkpoints import BUFFER_SUFFIX, MODEL_SUFFIX, STATE_SUFFIX, CheckpointManager
+from rl_lib.diagnostics import evaluate_with_diagnostics
 from rl_lib.envs import DispatchEnv
 from rl_lib.evaluation import evaluate_agent
 from rl_lib.resume import capture, model_bytes, replay_buffer_snapshot, state_bytes
@@ -148,7 +149,11 @@ class EvalCallback(BaseCallback):
         check_finite_weights(self.model)
         step = self.num_timesteps
         start = time.perf_counter()
-        kpis = evaluate_agent(self.model, self.eval_env, self.n_episodes, deterministic=True)
+        diagnostics: dict[str, float] = {}
+        if hasattr(self.model, "q_values"):  # a DQN: what its Q-values say (rl_lib.diagnostics)
+            kpis, diagnostics = evaluate_with_diagnostics(self.model, self.eval_env, self.n_episodes)
+        else:
+            kpis = evaluate_agent(self.model, self.eval_env, self.n_episodes, deterministic=True)
         rewards = kpis["reward"].to_numpy()
         record = {
             "step": step,
@@ -157,6 +162,7 @@ class EvalCallback(BaseCallback):
             "completion_rate": float(kpis["completion_rate"].mean()),
             "n_episodes": len(rewards),
             "seconds": round(time.perf_counter() - start, 3),
+            **diagnostics,
         }
         improved = self.best is None or record["mean_reward"] > self.best["mean_reward"]
         # After a resume, the evaluation that produced the best model on disk comes again: the same
@@ -173,6 +179,8 @@ class EvalCallback(BaseCallback):
         self.history.append(record)
         self.logger.record("eval/mean_reward", record["mean_reward"])
         self.logger.record("eval/completion_rate", record["completion_rate"])
+        for name, value in diagnostics.items():
+            self.logger.record(f"diagnostics/{name}", value)
         self.logger.dump(step)  # written at the evaluation's own step, as SB3's EvalCallback does
         if improved or replayed:
             self.collapse_count = 0

@@ -30,7 +30,7 @@ class DQNConfig:
     ``exploration_fraction`` of the run. What makes the agent learn (BENCHMARKS.md, "An agent
     that learns"): ``network: fleet`` (:mod:`rl_lib.agents.fleet`, one scorer shared by every
     vehicle; ``mlp`` is the plan's 512-256-128 MLP on the flat vector, kept as the ablation's
-    baseline), ``reward_scale`` 0.1 and the Double DQN target.
+    baseline), ``reward_scale`` 0.1, the Double DQN target and a discount per 5 minutes of service day.
     """
 
     network: str = bounded("fleet", choices=NETWORKS)
@@ -43,7 +43,7 @@ class DQNConfig:
     #: n-step returns (1: one-step TD), masked and cut at episode ends by the replay buffer.
     n_steps: int = bounded(1, min=1, max=100)
     #: None: gamma per decision; else gamma per this many minutes of service day (time-aware).
-    discount_tau_min: float | None = bounded(None, min=1e-3, max=1e4)
+    discount_tau_min: float | None = bounded(5.0, min=1e-3, max=1e4)
 
     learning_rate: float = bounded(1e-3, min=1e-7, max=1.0)
     buffer_size: int = bounded(100_000, min=1, max=100_000_000)

@@ -64,13 +64,22 @@ class FleetScorer(nn.Module):
             raise ValueError(f"context must be one of {CONTEXTS}, got {context!r}")
         shared = N_BOOKING + N_GLOBAL
         self.hidden, self.context, self.dueling = hidden, context, dueling
-        self.encoder = nn.Sequential(
-            nn.Linear(N_VEHICLE + shared, hidden), nn.ReLU(), nn.Linear(hidden, hidden), nn.ReLU()
+        # The first layers of the encoder and of the scorer act on [per-vehicle part, part shared
+        # by every vehicle]; a Linear on a concatenation is the sum of two Linears, so the shared
+        # part is multiplied once per state rather than once per vehicle (half the cost).
+        self.encode_vehicle, self.encode_shared = (
+            nn.Linear(N_VEHICLE, hidden),
+            nn.Linear(shared, hidden, False),
         )
+        self.encode_out = nn.Linear(hidden, hidden)
         self.attention = (
             nn.MultiheadAttention(hidden, 4, batch_first=True) if context == "attention" else None
         )
-        self.score = _mlp(3 * hidden, hidden, 1)
+        self.score_vehicle, self.score_context = (
+            nn.Linear(hidden, hidden),
+            nn.Linear(2 * hidden, hidden, False),
+        )
+        self.score_out = nn.Linear(hidden, 1)
         self.refuse = _mlp(shared + 2 * hidden, hidden, 1)
         self.value = _mlp(shared + 2 * hidden, hidden, 1) if dueling else None
 
@@ -79,8 +88,8 @@ class FleetScorer(nn.Module):
         batch = obs.shape[0]
         shared = th.cat([obs[:, :N_BOOKING], obs[:, -N_GLOBAL:]], dim=1)
         vehicles = obs[:, N_BOOKING:-N_GLOBAL].reshape(batch, N_VEHICLE, -1).transpose(1, 2)  # (B, K, 9)
-        k = vehicles.shape[1]
-        h = self.encoder(th.cat([vehicles, shared.unsqueeze(1).expand(batch, k, shared.shape[1])], dim=2))
+        h = th.relu(self.encode_vehicle(vehicles) + self.encode_shared(shared).unsqueeze(1))
+        h = th.relu(self.encode_out(h))
         if self.attention is not None:
             h = h + self.attention(h, h, h, need_weights=False)[0]
         pooled = th.cat([h.mean(dim=1), h.amax(dim=1)], dim=1)
@@ -88,9 +97,9 @@ class FleetScorer(nn.Module):
 
     def forward(self, obs: th.Tensor) -> th.Tensor:
         h, pooled, shared, vehicles = self.embed(obs)
-        batch, k = h.shape[0], h.shape[1]
-        per_vehicle = self.score(th.cat([h, pooled.unsqueeze(1).expand(batch, k, pooled.shape[1])], dim=2))
-        out = th.cat([per_vehicle.squeeze(2), self.refuse(th.cat([shared, pooled], dim=1))], dim=1)
+        per_vehicle = th.relu(self.score_vehicle(h) + self.score_context(pooled).unsqueeze(1))
+        per_vehicle = self.score_out(per_vehicle).squeeze(2)
+        out = th.cat([per_vehicle, self.refuse(th.cat([shared, pooled], dim=1))], dim=1)
         if self.value is None:
             return out
         # Feasible field (vehicle field 0) is the action mask; refusal is always allowed.
@@ -194,7 +203,7 @@ class FleetActorCriticPolicy(MaskableActorCriticPolicy):
         super()._build(lr_schedule)
         self.action_net = nn.Identity()
         if self.ortho_init:  # small initial logits, as SB3 gives its action head (gain 0.01)
-            for head in (self.mlp_extractor.actor.score[-1], self.mlp_extractor.actor.refuse[-1]):
+            for head in (self.mlp_extractor.actor.score_out, self.mlp_extractor.actor.refuse[-1]):
                 self.init_weights(head, gain=0.01)
         # The optimizer was made over the replaced Linear's parameters: make it again.
         self.optimizer = self.optimizer_class(self.parameters(), lr=lr_schedule(1), **self.optimizer_kwargs)

@@ -323,6 +323,11 @@ class DispatchEnv(gym.Env):
             else self.core.evaluate(self._booking, self.day.bookings.decision_time[self._booking])
         )
 
+    @property
+    def insertion(self) -> Insertion | None:
+        """The core's evaluation of the pending booking against every vehicle (None after the end)."""
+        return self._insertion
+
     def action_masks(self) -> np.ndarray:
         """Boolean mask over actions for the pending booking (refusal always allowed)."""
         if self._insertion is None:
