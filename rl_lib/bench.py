@@ -88,40 +88,53 @@ class TrainRates:
     cartpole_dqn_steps_per_s: float
     dispatch_dqn_steps_per_s: float
     dispatch_maskable_dqn_steps_per_s: float
+    dispatch_fleet_dqn_steps_per_s: float
     ratio: float  # median over rounds: plain DQN on DispatchEnv / DQN on CartPole
-    masked_ratio: float  # MaskableDQN on DispatchEnv / DQN on CartPole
+    masked_ratio: float  # MaskableDQN (MLP) on DispatchEnv / DQN on CartPole
+    fleet_ratio: float  # MaskableDQN with the fleet network / with the MLP, both on DispatchEnv
     rounds: int
     steps_per_round: int
 
 
+#: MaskableDQN's own arguments, which SB3's plain DQN does not take.
+MASKABLE_ONLY = ("double_q", "reward_scale", "discount_tau_min")
+
+
 def measure_train_rates(steps: int = 5_000, rounds: int = 3, dqn_config=None) -> TrainRates:
-    """SB3 DQN steps/s on CartPole-v1 and on DispatchEnv, same network and settings, interleaved."""
+    """SB3 DQN steps/s on CartPole-v1 and on DispatchEnv (the MLP of ``dqn_config``, same settings),
+    and MaskableDQN with the MLP and with the fleet network, interleaved rounds."""
+    import dataclasses
+
     import torch as th
     from stable_baselines3 import DQN
 
-    from rl_lib.agents import MaskableDQN, dqn_kwargs
+    from rl_lib.agents import MaskableDQN, dqn_kwargs, policy_name
     from rl_lib.envs import DispatchEnv
     from rl_lib.experiment import DQNConfig
 
     th.set_num_threads(1)
-    kwargs = {**dqn_kwargs(dqn_config or DQNConfig()), "device": "cpu", "seed": 0}
+    config = dqn_config or DQNConfig()
+    mlp = {**dqn_kwargs(dataclasses.replace(config, network="mlp")), "device": "cpu", "seed": 0}
+    fleet = {**dqn_kwargs(dataclasses.replace(config, network="fleet")), "device": "cpu", "seed": 0}
+    plain = {k: v for k, v in mlp.items() if k not in MASKABLE_ONLY}
     days = SyntheticScenario().split_days("train")
 
-    def rate(algo, env) -> float:
-        model = algo("MlpPolicy", env, **kwargs)
+    def rate(algo, policy, env, kwargs) -> float:
+        model = algo(policy, env, **kwargs)
         start = time.perf_counter()
         model.learn(steps)
         return steps / (time.perf_counter() - start)
 
-    cp, dq, mq = [], [], []
+    cp, dq, mq, fq = [], [], [], []
     for _ in range(rounds):
-        cp.append(rate(DQN, gym.make("CartPole-v1")))
-        dq.append(rate(DQN, DispatchEnv(days=days)))
-        mq.append(rate(MaskableDQN, DispatchEnv(days=days)))
-    cp_, dq_, mq_ = np.array(cp), np.array(dq), np.array(mq)
+        cp.append(rate(DQN, "MlpPolicy", gym.make("CartPole-v1"), plain))
+        dq.append(rate(DQN, "MlpPolicy", DispatchEnv(days=days), plain))
+        mq.append(rate(MaskableDQN, "MlpPolicy", DispatchEnv(days=days), mlp))
+        fq.append(rate(MaskableDQN, policy_name("fleet"), DispatchEnv(days=days), fleet))
+    cp_, dq_, mq_, fq_ = (np.array(x) for x in (cp, dq, mq, fq))
     return TrainRates(
-        float(np.median(cp_)), float(np.median(dq_)), float(np.median(mq_)),
-        float(np.median(dq_ / cp_)), float(np.median(mq_ / cp_)), rounds, steps,
+        float(np.median(cp_)), float(np.median(dq_)), float(np.median(mq_)), float(np.median(fq_)),
+        float(np.median(dq_ / cp_)), float(np.median(mq_ / cp_)), float(np.median(fq_ / mq_)), rounds, steps,
     )  # fmt: skip
 
 

@@ -160,12 +160,14 @@ def cmd_bench_train(args: argparse.Namespace) -> int:
     rates = measure_train_rates(steps=args.steps, rounds=args.rounds)
     print(f"SB3 DQN on CartPole-v1:          {rates.cartpole_dqn_steps_per_s:8.0f} steps/s")
     print(f"SB3 DQN on DispatchEnv:          {rates.dispatch_dqn_steps_per_s:8.0f} steps/s")
-    print(f"MaskableDQN on DispatchEnv:      {rates.dispatch_maskable_dqn_steps_per_s:8.0f} steps/s")
+    print(f"MaskableDQN (MLP) on DispatchEnv:  {rates.dispatch_maskable_dqn_steps_per_s:6.0f} steps/s")
+    print(f"MaskableDQN (fleet) on DispatchEnv:{rates.dispatch_fleet_dqn_steps_per_s:6.0f} steps/s")
     print(
         f"ratio to CartPole (median of {rates.rounds} interleaved rounds of {rates.steps_per_round} steps, "
-        f"default network and settings): {rates.ratio:.3f} (DQN), {rates.masked_ratio:.3f} (MaskableDQN); "
+        f"the plan's MLP, default settings): {rates.ratio:.3f} (DQN), {rates.masked_ratio:.3f} (MaskableDQN); "
         "target >= 0.85"
     )
+    print(f"fleet network / MLP, MaskableDQN on DispatchEnv: {rates.fleet_ratio:.3f} (target >= 0.6)")
     with tempfile.TemporaryDirectory() as tmp:
         costs = measure_full_buffer_costs(tmp)
     per_1000 = 1000 / rates.dispatch_maskable_dqn_steps_per_s
@@ -207,6 +209,16 @@ def cmd_bench_inference(args: argparse.Namespace) -> int:
     for name, table in result.items():
         print(f"\n{name}:\n{table.to_string(index=False)}")
         atomic_write_csv(table, run_dir / "inference" / f"benchmark_{name}.csv")
+    return 0
+
+
+def cmd_ablation(args: argparse.Namespace) -> int:
+    from rl_lib.ablation import ablation_step, format_ablation
+
+    table = ablation_step(args.results, args.resamples)
+    print(f"{args.results}: reward per test day, mean [95 % paired-bootstrap CI] "
+          f"(written to {Path(args.results) / 'evaluation' / 'ablation.csv'})")  # fmt: skip
+    print(format_ablation(table))
     return 0
 
 
@@ -305,6 +317,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--kpis", nargs="+", default=["reward", "completion_rate", "on_time_rate",
                    "p95_lateness_min", "mean_deadhead_km", "decision_ms"])  # fmt: skip
     p.set_defaults(func=cmd_report)
+
+    p = sub.add_parser("ablation", help="the agent study's table: each agent vs batch matching and nearest")
+    p.add_argument("results", help="results folder of the pipeline (params/ablation.yaml: results/ablation)")
+    p.add_argument("--resamples", type=positive_int, default=2000, help="bootstrap replicates")
+    p.set_defaults(func=cmd_ablation)
 
     p = sub.add_parser("thesis", help="Chapter 7 figures and LaTeX tables from a results folder")
     p.add_argument("--results", required=True, help="results folder of the pipeline (runs/, evaluation/)")

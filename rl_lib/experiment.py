@@ -30,18 +30,19 @@ class DQNConfig:
     ``exploration_fraction`` of the run. What makes the agent learn (BENCHMARKS.md, "An agent
     that learns"): ``network: fleet`` (:mod:`rl_lib.agents.fleet`, one scorer shared by every
     vehicle; ``mlp`` is the plan's 512-256-128 MLP on the flat vector, kept as the ablation's
-    baseline), ``reward_scale`` 0.1, the Double DQN target and a discount per 5 minutes of service day.
+    baseline), ``reward_scale`` 0.1, the Double DQN target, 3-step returns and a discount per 5 minutes of
+    service day.
     """
 
     network: str = bounded("fleet", choices=NETWORKS)
     #: Width of every layer of the fleet network (``network: fleet``).
-    fleet_hidden: int = bounded(128, min=4, max=4096)
+    fleet_hidden: int = bounded(64, min=4, max=4096)
     fleet_context: str = bounded("deepsets", choices=FLEET_CONTEXTS)
     dueling: bool = False
     double_q: bool = True
     reward_scale: float = bounded(0.1, min=1e-6, max=1e6)
     #: n-step returns (1: one-step TD), masked and cut at episode ends by the replay buffer.
-    n_steps: int = bounded(1, min=1, max=100)
+    n_steps: int = bounded(3, min=1, max=100)
     #: None: gamma per decision; else gamma per this many minutes of service day (time-aware).
     discount_tau_min: float | None = bounded(5.0, min=1e-3, max=1e4)
 
@@ -73,7 +74,7 @@ class PPOConfig:
     """
 
     network: str = bounded("fleet", choices=NETWORKS)
-    fleet_hidden: int = bounded(128, min=4, max=4096)
+    fleet_hidden: int = bounded(64, min=4, max=4096)
     fleet_context: str = bounded("deepsets", choices=FLEET_CONTEXTS)
 
     learning_rate: float = bounded(3e-4, min=1e-7, max=1.0)

@@ -407,6 +407,44 @@ def gap_to_bound(
     return pd.DataFrame(rows)
 
 
+def gap_closed(
+    df: pd.DataFrame,
+    reference: str,
+    bound_policy: str = "hindsight_bound",
+    kpi: str = "reward",
+    policies: Sequence[str] | None = None,
+    n_resamples: int = 2000,
+    confidence: float = 0.95,
+    seed: int = 0,
+) -> pd.DataFrame:
+    """Share of the reference's gap to the bound that a policy closes:
+    (mean policy - mean reference) / (mean bound - mean reference), means over the same days.
+
+    1 reaches the bound, 0 is the reference, < 0 is worse than it. Numerator and denominator come
+    from the same replicate of the paired two-level bootstrap, as :func:`relative_differences`.
+
+    :return: one row per policy: ``reference``, ``bound``, ``kpi``, ``gap_closed``, ``ci_low``,
+        ``ci_high``, ``n_days``.
+    """
+    ref, bound = score_matrix(df, reference, kpi), score_matrix(df, bound_policy, kpi)
+    rows = []
+    for p in _others(df, reference, policies):
+        if p == bound_policy:
+            continue
+        x = score_matrix(df, p, kpi)
+        point, low, high = _bootstrap(
+            _gap_closed, {p: x, reference: ref, bound_policy: bound}, n_resamples, confidence, seed
+        )
+        rows.append({"policy": p, "reference": reference, "bound": bound_policy, "kpi": kpi,
+                     "gap_closed": point, "ci_low": low, "ci_high": high,
+                     "n_days": _n_common_days(x, ref)})  # fmt: skip
+    return pd.DataFrame(rows)
+
+
+def _gap_closed(x: np.ndarray, ref: np.ndarray, bound: np.ndarray) -> np.ndarray:
+    return _divide(_mean_difference(x, ref), _mean_difference(bound, ref))
+
+
 def _bootstrap(
     fn: _MatrixFunction,
     matrices: Mapping[str, np.ndarray],
