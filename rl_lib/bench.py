@@ -116,7 +116,8 @@ def measure_train_rates(steps: int = 5_000, rounds: int = 3, dqn_config=None) ->
     config = dqn_config or DQNConfig()
     mlp = {**dqn_kwargs(dataclasses.replace(config, network="mlp")), "device": "cpu", "seed": 0}
     fleet = {**dqn_kwargs(dataclasses.replace(config, network="fleet")), "device": "cpu", "seed": 0}
-    plain = {k: v for k, v in mlp.items() if k not in MASKABLE_ONLY}
+    # SB3's own n-step buffer refuses optimize_memory_usage: plain DQN keeps one-step returns.
+    plain = {**{k: v for k, v in mlp.items() if k not in MASKABLE_ONLY}, "n_steps": 1}
     days = SyntheticScenario().split_days("train")
 
     def rate(algo, policy, env, kwargs) -> float:

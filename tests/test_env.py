@@ -79,7 +79,7 @@ def test_mask_in_info_matches_action_masks_and_refusal_is_always_allowed(env):
 
 
 def test_invalid_action_is_a_penalised_refusal_and_leaves_vehicles_untouched(hand_day):
-    env = DispatchEnv(days=[hand_day])
+    env = DispatchEnv(days=[hand_day], auto_refuse_infeasible=False)
     env.reset(seed=0)
     for action in (0, 1, 3):  # b0 -> v0, b1 -> v1, b2 refused (no stretcher unit)
         env.step(action)
@@ -94,14 +94,17 @@ def test_invalid_action_is_a_penalised_refusal_and_leaves_vehicles_untouched(han
     assert terminated and info["kpis"]["served"] == 2
 
 
-def test_hand_day_through_the_env_gives_the_hand_rewards(hand_day):
-    env = DispatchEnv(days=[hand_day])
+@pytest.mark.parametrize("auto", [False, True])
+def test_hand_day_through_the_env_gives_the_hand_rewards(hand_day, auto):
+    env = DispatchEnv(days=[hand_day], auto_refuse_infeasible=auto)
     env.reset(seed=0)
     rewards = []
-    for action in (0, 1, 3, 0):
+    # b2 (a stretcher, no stretcher unit) has no feasible vehicle: with auto, the env refuses it and
+    # its penalty is folded into the reward of b1's decision.
+    for action in (0, 1, 0) if auto else (0, 1, 3, 0):
         _, reward, terminated, truncated, info = env.step(action)
         rewards.append(reward)
-    assert rewards == pytest.approx([9.5, 19.7, -5.0, 13.0])
+    assert rewards == pytest.approx([9.5, 19.7 - 5.0, 13.0] if auto else [9.5, 19.7, -5.0, 13.0])
     assert terminated and not truncated
     assert info["kpis"]["reward"] == pytest.approx(37.2)
     with pytest.raises(RuntimeError, match="reset"):
