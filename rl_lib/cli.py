@@ -164,7 +164,8 @@ def cmd_bench_train(args: argparse.Namespace) -> int:
     print(f"MaskableDQN (fleet) on DispatchEnv:{rates.dispatch_fleet_dqn_steps_per_s:6.0f} steps/s")
     print(
         f"ratio to CartPole (median of {rates.rounds} interleaved rounds of {rates.steps_per_round} steps, "
-        f"the plan's MLP, default settings): {rates.ratio:.3f} (DQN), {rates.masked_ratio:.3f} (MaskableDQN); "
+        f"the plan's MLP, default settings): {rates.ratio:.3f} (DQN), {rates.masked_ratio:.3f} (MaskableDQN);"
+        " "
         "target >= 0.85"
     )
     print(f"fleet network / MLP, MaskableDQN on DispatchEnv: {rates.fleet_ratio:.3f} (target >= 0.6)")

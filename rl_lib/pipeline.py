@@ -255,14 +255,16 @@ def evaluate_step(
     if hindsight:
         agents = [p for p in dict.fromkeys(per_episode["policy"]) if p != "hindsight_bound"]
         tables["gap_to_bound"] = gap_to_bound(per_episode, policies=agents, n_resamples=n_resamples)
-    dqn_runs = sorted((m["seed"], run) for run, m in zip(runs, metas, strict=True) if m["algo"] == "dqn")
+    # The default DQN ("dqn") first when an ablation holds several DQN variants.
+    dqn_runs = sorted((m["name"] != "dqn", m["seed"], run) for run, m in zip(runs, metas, strict=True)
+                      if m["algo"] == "dqn")  # fmt: skip
     if dqn_runs:  # the fast inference path, on the lowest-seed DQN and the first 3 test days
         from rl_lib.inference import benchmark, export_onnx
 
         exported = "best" if which == "latest" else which  # a latest checkpoint is not exported
-        export_onnx(dqn_runs[0][1], exported, int8=True)
+        export_onnx(dqn_runs[0][-1], exported, int8=True)
         # 3 days (~540 decisions, as `rl-lib bench inference`): enough for a full batch of 256.
-        for name, table in benchmark(dqn_runs[0][1], days[:3], exported).items():
+        for name, table in benchmark(dqn_runs[0][-1], days[:3], exported).items():
             tables[f"inference_{name}"] = table
     out = Path(results_dir) / EVALUATION
     for name, table in tables.items():
@@ -300,7 +302,7 @@ def figures_step(
     aggregate, paired, improvement = (pd.read_csv(files[n]) for n in names)
     runs = run_dirs(results_dir)
     metas = {run: read_metadata(run) for run in runs}
-    agent_runs = sorted((m["seed"], run) for run, m in metas.items() if m["algo"] == agent)
+    agent_runs = sorted((m["seed"], run) for run, m in metas.items() if m["name"] == agent)
     if not agent_runs:
         raise UserError(f"parameter agent: no {agent!r} run under {Path(results_dir) / RUNS}")
     shown = agent_runs[0][1]
@@ -351,6 +353,12 @@ def figures_step(
     written.append(figures.inference_latency(frames["latency"], frames["throughput"], figures_out, lang,
                                              sources=sources))  # fmt: skip
     written.append(tables.inference_table(*frames.values(), tables_out, lang, sources=sources))
+    # The agent study, when the results folder holds one (`rl-lib ablation`, params/ablation.yaml).
+    ablation = evaluation / "ablation.csv"
+    if ablation.is_file():
+        table = pd.read_csv(ablation)
+        written.append(figures.ablation_differences(table, figures_out, lang, sources=[ablation]))
+        written.append(tables.ablation_tex(table, tables_out, lang, sources=[ablation]))
     # The tuning section, when the results folder holds a tuning study (notebook 04 writes it too).
     studies = sorted(p.parent for p in (Path(results_dir) / "tuning").glob("*/trials.csv"))
     if len(studies) > 1:

@@ -59,3 +59,15 @@ def test_ablation_table_needs_the_baselines():
     episodes = per_episode()
     with pytest.raises(UserError, match="batch_matching"):
         ablation_table(episodes[episodes["policy"] != "batch_matching"], n_resamples=10)
+
+
+def test_the_study_goes_into_a_latex_table_and_a_figure(tmp_path):
+    from rl_lib.thesis.figures import ablation_differences
+    from rl_lib.thesis.tables import ablation_tex
+
+    table = ablation_table(per_episode(), n_resamples=200)
+    tex = ablation_tex(table, tmp_path, "fr", sources=["evaluation/ablation.csv"]).read_text()
+    assert "MLP du plan" in tex and "DQN masqué" in tex and r"\textsuperscript{*}" in tex
+    assert "evaluation/ablation.csv" in tex  # the source is named in the file
+    pdf = ablation_differences(table, tmp_path, "en", sources=["evaluation/ablation.csv"])
+    assert pdf.stat().st_size > 1000

@@ -49,7 +49,8 @@ def read_metadata(run_dir: Path) -> tuple[dict, Path]:
 
 
 def evaluation_table(run_dirs: Sequence[Path]) -> tuple[pd.DataFrame, list[Path]]:
-    """Every evaluation of every run: columns algo, run, step, mean_reward, completion_rate.
+    """Every evaluation of every run: columns policy (the run's ``training.name``), run, step,
+    mean_reward, completion_rate.
 
     :return: the table and the metadata files it was read from.
     :raises UserError: a run without any evaluation (it would silently drop out of the curves).
@@ -61,7 +62,7 @@ def evaluation_table(run_dirs: Sequence[Path]) -> tuple[pd.DataFrame, list[Path]
         if not evaluations:
             raise UserError(f"{run_dir}: no evaluation in its metadata yet; train it past eval_freq first")
         frame = pd.DataFrame(evaluations)[["step", "mean_reward", "completion_rate"]]
-        frames.append(frame.assign(algo=meta["algo"], run=str(run_dir)))
+        frames.append(frame.assign(policy=meta["name"], run=str(run_dir)))
         sources.append(path)
     return pd.concat(frames, ignore_index=True), sources
 
@@ -90,7 +91,7 @@ def seed_curves(evaluations: pd.DataFrame, column: str) -> pd.DataFrame:
     """
     wide = evaluations.pivot_table(index="step", columns="run", values=column, aggfunc="last").dropna()
     if wide.empty:
-        raise UserError(f"the runs of {evaluations['algo'].iloc[0]} share no evaluation step; "
+        raise UserError(f"the runs of {evaluations['policy'].iloc[0]} share no evaluation step; "
                         "compare runs trained with the same eval_freq")  # fmt: skip
     return wide
 
@@ -112,8 +113,9 @@ def plot_iqm_band(ax: Axes, wide: pd.DataFrame, algo: str, scale: float, name: s
 def learning_curves(run_dirs: Sequence[str | Path], out: str | Path, lang: str = "fr") -> Path:
     """Evaluation reward and service rate against training steps, one line per algorithm.
 
-    Runs are grouped by their metadata's ``algo``; each line is the IQM over the group's seeds with
-    a 95 % bootstrap band over seeds at each step (a single seed: the curve alone).
+    Runs are grouped by their ``training.name`` (an algorithm, or an ablation's variant); each line is
+    the IQM over the group's seeds with a 95 % bootstrap band over seeds at each step (a single seed:
+    the curve alone).
 
     :param run_dirs: run dirs made by ``rl-lib train`` (several seeds, one or more algorithms).
     :param out: .pdf path or folder (default name ``learning_curves.pdf``).
@@ -128,8 +130,8 @@ def learning_curves(run_dirs: Sequence[str | Path], out: str | Path, lang: str =
     with thesis_style():
         fig = new_figure(figure_size(aspect=0.45))
         reward_ax, completion_ax = fig.subplots(1, 2, sharex=True)
-        for algo in ordered_policies(evaluations["algo"]):
-            runs = evaluations[evaluations["algo"] == algo]
+        for algo in ordered_policies(evaluations["policy"]):
+            runs = evaluations[evaluations["policy"] == algo]
             seeds = label("seeds", lang).format(n=runs["run"].nunique())
             name = f"{policy_label(algo, lang)} ({seeds})"
             plot_iqm_band(reward_ax, seed_curves(runs, "mean_reward"), algo, 1.0, name)
@@ -211,6 +213,35 @@ def plot_policy_intervals(
         ax.axvspan(low, high, color=color, alpha=0.08, linewidth=0)
     ax.grid(axis="y", visible=False)
     return (BOUND, kpi) in values.index
+
+
+def ablation_differences(table: pd.DataFrame, out: str | Path, lang: str = "fr", *,
+                         sources: Sequence[str | Path]) -> Path:  # fmt: skip
+    """The agent study: each variant's paired reward difference to batch matching and to nearest,
+    one point and 95 % interval per variant, zero (the heuristic) as a vertical line.
+
+    :param table: ``rl_lib.ablation.ablation_table`` output (``evaluation/ablation.csv``).
+    :return: the PDF written.
+    """
+    check_lang(lang)
+    rows = table.set_index("policy")
+    policies = ordered_policies(rows.index)
+    with thesis_style():
+        fig = new_figure(figure_size(aspect=0.5))
+        axes = fig.subplots(1, 2, sharey=True)
+        for ax, reference in zip(axes, ("batch_matching", "nearest"), strict=True):
+            column = f"diff_{reference}"
+            for row, policy in enumerate(policies):
+                value, low, high = rows.loc[policy, [column, f"{column}_ci_low", f"{column}_ci_high"]]
+                ax.errorbar(value, row, xerr=[[value - low], [high - value]], fmt="o",
+                            color=policy_color(policy), capsize=2, elinewidth=1)  # fmt: skip
+            ax.axvline(0.0, color=policy_color(reference), linestyle="--", linewidth=1)
+            ax.set_xlabel(label(column, lang))
+            ax.grid(axis="y", visible=False)
+        axes[0].set_yticks(range(len(policies)), [policy_label(p, lang) for p in policies])
+        axes[0].set_ylim(len(policies) - 0.5, -0.5)
+        path = output_path(out, "ablation_differences", lang, ".pdf")
+        return save_figure(fig, path, source_note("figures.ablation_differences", sources))
 
 
 def checkpoint_timeline(run_dir: str | Path, out: str | Path, lang: str = "fr") -> Path:

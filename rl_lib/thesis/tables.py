@@ -307,6 +307,10 @@ def paired_differences_table(
 #: Rows of :func:`hyperparameters_table`: DQN config key -> label.
 HYPERPARAMETERS = {
     "net_arch": {"fr": "Réseau $Q_\\theta$ (ReLU)", "en": "$Q_\\theta$ network (ReLU)"},
+    "double_q": {"fr": "Cible Double DQN", "en": "Double DQN target"},
+    "reward_scale": {"fr": "Échelle des récompenses", "en": "Reward scale"},
+    "n_steps": {"fr": "Retours à $n$ pas", "en": "$n$-step returns"},
+    "discount": {"fr": "Actualisation", "en": "Discount"},
     "learning_rate": {"fr": "Taux d'apprentissage (Adam)", "en": "Learning rate (Adam)"},
     "gamma": {"fr": "Facteur d'actualisation $\\gamma$", "en": "Discount factor $\\gamma$"},
     "buffer_size": {"fr": "Mémoire de rejeu (transitions)", "en": "Replay buffer (transitions)"},
@@ -332,8 +336,23 @@ def hyperparameters_table(
     check_lang(lang)
     d, training = config["training"]["dqn"], config["training"]
     steps = "des pas" if lang == "fr" else "of steps"
+    fleet = d.get("network", "mlp") == "fleet"
+    if fleet:
+        context = {"deepsets": "DeepSets", "attention": "attention"}[d["fleet_context"]]
+        network = (rf"partagé par véhicule, largeur {int(d['fleet_hidden'])} ({context})" if lang == "fr"
+                   else rf"shared per vehicle, width {int(d['fleet_hidden'])} ({context})")  # fmt: skip
+    else:
+        network = "MLP " + "--".join(str(int(n)) for n in d["net_arch"])
+    yes, no = ("oui", "non") if lang == "fr" else ("yes", "no")
+    tau = d.get("discount_tau_min")
     values = {  # numbers only: LaTeX-ready as they are
-        "net_arch": "--".join(str(int(n)) for n in d["net_arch"]),
+        "net_arch": network + (", " + (yes if d["dueling"] else no) + " duelling" if fleet else ""),
+        "double_q": yes if d.get("double_q") else no,
+        "reward_scale": f"{d.get('reward_scale', 1.0):g}",
+        "n_steps": str(int(d.get("n_steps", 1))),
+        "discount": (rf"$\gamma$ par {tau:g} min" if lang == "fr" else rf"$\gamma$ per {tau:g} min")
+        if tau is not None
+        else ("par décision" if lang == "fr" else "per decision"),
         "learning_rate": f"{d['learning_rate']:g}",
         "gamma": f"{d['gamma']:g}",
         "buffer_size": str(int(d["buffer_size"])),
@@ -448,3 +467,46 @@ def numbers_macros(
             raise ValueError(f"{key}: {error}") from None
     # The macros have no language: always the plain name, as latex/main.tex inputs it.
     return write_tex(output_path(out, "numbers", "fr", ".tex"), [note], lines)
+
+
+#: Columns of :func:`ablation_tex`: ``rl_lib.ablation`` column -> display digits (None: from the CIs).
+ABLATION_COLUMNS = ("reward", "diff_batch_matching", "diff_nearest", "p_beats_batch_matching", "gap_closed")
+
+
+def ablation_tex(
+    table: pd.DataFrame, out: str | Path, lang: str = "fr", *, sources: Sequence[str | Path]
+) -> Path:
+    """The agent study (``evaluation/ablation.csv``, :func:`rl_lib.ablation.ablation_table`): one row per
+    variant with its reward, paired differences to batch matching and nearest, probability of beating
+    batch matching and share of its gap to the bound closed, each with its 95 % CI (an asterisk when a
+    difference's interval excludes 0)."""
+    check_lang(lang)
+    rows = table.set_index("policy")
+    policies = ordered_policies(rows.index)
+    intervals = {"reward": "reward_ci", "diff_batch_matching": "diff_batch_matching_ci",
+                 "diff_nearest": "diff_nearest_ci", "p_beats_batch_matching": "p_ci",
+                 "gap_closed": "gap_closed_ci"}  # fmt: skip
+    columns = [c for c in ABLATION_COLUMNS if c in rows.columns]
+    scale = {c: 100.0 if c == "gap_closed" else 1.0 for c in columns}
+    digits = {c: 2 if c == "p_beats_batch_matching" else
+              decimals(scale[c] * (rows[f"{intervals[c]}_high"] - rows[f"{intervals[c]}_low"]).to_numpy() / 2,
+                       scale[c] * rows[c].to_numpy()) for c in columns}  # fmt: skip
+    body, starred = [], False
+    for policy in policies:
+        r = rows.loc[policy]
+        cells = [latex_escape(policy_label(policy, lang))]
+        for c in columns:
+            low, high = r[f"{intervals[c]}_low"], r[f"{intervals[c]}_high"]
+            cell = interval_cell(scale[c] * r[c], scale[c] * low, scale[c] * high, digits[c])
+            if c.startswith("diff_") and (low > 0 or high < 0):
+                cell += r"\textsuperscript{*}"
+                starred = True
+            cells.append(cell)
+        cells.append(str(int(r["n_seeds"])))
+        body.append(" & ".join(cells))
+    header = [label("policy", lang), *(header_cell(label(c, lang)) for c in columns), label("n_seeds", lang)]
+    notes = [rf"* {latex_escape(label('ci_excludes_zero', lang))}."] if starred else []
+    described = "Cells: mean over the test days [95 % CI, paired two-level bootstrap]."
+    return write_tex(output_path(out, "ablation", lang, ".tex"),
+                     [source_note("tables.ablation_tex", sources), described],
+                     tabular("l" + "c" * (len(columns) + 1), header, body, notes))  # fmt: skip
