@@ -164,9 +164,14 @@ def measure_full_buffer_costs(work_dir, buffer_size: int = 100_000) -> FullBuffe
     model.learn(200)  # a real _last_obs, env mid-episode
     buffer = model.replay_buffer
     rng = np.random.default_rng(0)
+    # Every row written, as in a buffer that really filled (untouched pages would make the first copy
+    # pay the page faults: 10x the stall of a real run's snapshot).
     buffer.observations[:] = rng.random(buffer.observations.shape, dtype=np.float32)
     if getattr(buffer, "next_observations", None) is not None:  # absent with optimize_memory_usage
         buffer.next_observations[:] = buffer.observations
+    for name in ("actions", "rewards", "dones", "timeouts", "elapsed_min"):
+        getattr(buffer, name)[:] = rng.integers(0, 2, getattr(buffer, name).shape)
+    buffer.next_action_masks[:] = rng.random(buffer.next_action_masks.shape) < 0.5
     buffer.full = True
     manager = CheckpointManager(Path(work_dir), "bench")
     evaluator = EvalCallback(make_eval_env(cfg), manager, 1, 1, on_evaluation=lambda r: None)
