@@ -106,7 +106,8 @@ def test_sampled_values_stay_in_the_space_and_map_to_a_valid_config(tmp_path):
         config = trial_config(spec, params, trial.number)
         assert 1e-5 <= config.training.dqn.learning_rate <= 3e-3
         assert 0.9 <= config.training.dqn.gamma <= 0.999
-        assert config.training.dqn.net_arch[0] in (128, 256, 512)
+        assert config.training.dqn.fleet_hidden in (32, 64, 128) and 1 <= config.training.dqn.n_steps <= 5
+        assert 0.01 <= config.training.dqn.reward_scale <= 1.0 <= config.training.dqn.discount_tau_min <= 30.0
         assert config.training.seed == TUNING_SEEDS_START + trial.number
         study.tell(trial, 0.0)
 

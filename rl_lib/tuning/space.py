@@ -34,8 +34,11 @@ DEFAULT_SPACE: dict[str, dict[str, Any]] = {
     "learning_rate": {"type": "float", "low": 1e-5, "high": 3e-3, "log": True},
     "one_minus_gamma": {"type": "float", "low": 1e-3, "high": 0.1, "log": True},
     "batch_size": {"type": "categorical", "choices": [32, 64, 128, 256]},
-    "net_width": {"type": "categorical", "choices": [128, 256, 512]},
-    "net_depth": {"type": "int", "low": 1, "high": 3},
+    # The fleet network's knobs (network: fleet is the default; net_width / net_depth tune the MLP).
+    "fleet_hidden": {"type": "categorical", "choices": [32, 64, 128]},
+    "reward_scale": {"type": "float", "low": 0.01, "high": 1.0, "log": True},
+    "n_steps": {"type": "int", "low": 1, "high": 5},
+    "discount_tau_min": {"type": "float", "low": 1.0, "high": 30.0, "log": True},
     "exploration_fraction": {"type": "float", "low": 0.05, "high": 0.5},
     "exploration_final_eps": {"type": "float", "low": 0.01, "high": 0.2, "log": True},
     "target_update_interval": {"type": "int", "low": 100, "high": 5000, "log": True},
