@@ -254,3 +254,22 @@ def test_bound_is_not_beaten_by_exhaustive_search_on_random_tiny_days() -> None:
         assert served <= bound.served_upper_bound
         n_served += served
     assert n_served > 0  # the random days are not all trivially empty
+
+
+def test_a_bound_out_of_solver_time_still_counts_each_booking_once(test_days, monkeypatch):
+    """When the LP runs out of time (a loaded machine), the fallback bound takes each booking's best
+    pair, not every pair: the served bound stays at most the day's bookings."""
+    import time as time_module
+
+    from rl_lib.policies import hindsight
+
+    class Unsolved:
+        status, fun = 1, float("nan")
+
+    monkeypatch.setattr(hindsight, "milp", lambda *args, **kwargs: Unsolved())
+    day = test_days[0]
+    model = hindsight.build_relaxation(day, hindsight.RewardWeights())
+    served, optimal = hindsight._upper_bound(
+        model, np.ones_like(model.value), time_module.perf_counter(), True
+    )
+    assert not optimal and served == len(np.unique(model.booking)) <= day.n_bookings < len(model.value)

@@ -293,8 +293,14 @@ def _upper_bound(model: Relaxation, gain: np.ndarray, deadline: float, relax: bo
     constraints = LinearConstraint(model.a_ub, -np.inf, model.b_ub)
     lp = milp(-gain, bounds=Bounds(0.0, 1.0), constraints=constraints,
               options={"time_limit": max(deadline - time.perf_counter(), 1.0)})  # fmt: skip
-    # Without a solved LP, only the box x <= 1 is left to bound with.
-    bound = -float(lp.fun) if lp.status == 0 else float(np.maximum(gain, 0.0).sum())
+    # Without a solved LP (out of time on a loaded machine), each booking is still served at most
+    # once: its best pair bounds what it adds (the box x <= 1 alone would count every pair).
+    if lp.status == 0:
+        bound = -float(lp.fun)
+    else:
+        best = np.zeros(int(model.booking.max()) + 1)
+        np.maximum.at(best, model.booking, np.maximum(gain, 0.0))
+        bound = float(best.sum())
     remaining = deadline - time.perf_counter()
     if relax or remaining <= 0:
         return bound, relax and lp.status == 0
