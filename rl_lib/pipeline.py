@@ -215,7 +215,8 @@ def evaluate_step(
 
     Writes ``results_dir/evaluation/``: ``per_episode.csv`` (policy x seed x day), ``aggregate.csv``
     (mean and IQM with 95 % CIs), ``paired_differences.csv`` and ``probability_of_improvement.csv``
-    (against the nearest-vehicle baseline), ``gap_to_bound.csv``.
+    (against the nearest-vehicle baseline), ``gap_to_bound.csv``, and ``ablation.csv`` when the runs hold
+    several DQN variants (:mod:`rl_lib.ablation`).
     """
     from rl_lib.evaluation import evaluate_baselines, evaluate_runs
     from rl_lib.io import atomic_write_csv
@@ -269,6 +270,10 @@ def evaluate_step(
     out = Path(results_dir) / EVALUATION
     for name, table in tables.items():
         atomic_write_csv(table, out / f"{name}.csv")
+    if len({m["name"] for m in metas if m["algo"] == "dqn"}) > 1:  # an agent study (params/ablation.yaml)
+        from rl_lib.ablation import ablation_step
+
+        tables["ablation"] = ablation_step(results_dir, n_resamples)
     return tables
 
 
