@@ -1,8 +1,9 @@
 """The agent study: every trained variant next to the strongest heuristics, on the same test days.
 
-Reads a results folder's ``evaluation/per_episode.csv`` (``params/ablation.yaml`` through the
-pipeline's train and evaluate steps) and writes ``evaluation/ablation.csv``: one row per agent
-(its ``training.name``), with
+:func:`ablation_table` turns a per-episode table (a results folder's ``evaluation/per_episode.csv``:
+``params/ablation.yaml`` through the pipeline's train and evaluate steps; the evaluate step writes
+the table to ``evaluation/ablation.csv``, see :func:`rl_lib.pipeline.ablation_step`) into one row
+per agent (its ``training.name``), with
 
 - its mean reward per test day with the 95 % CI of the paired two-level bootstrap;
 - the paired difference to batch matching and to nearest feasible, with 95 % CIs;
@@ -15,8 +16,6 @@ Every number comes from :mod:`rl_lib.stats`, the one interval method of the proj
 """
 
 from __future__ import annotations
-
-from pathlib import Path
 
 import numpy as np
 import pandas as pd
@@ -75,25 +74,6 @@ def ablation_table(per_episode: pd.DataFrame, runs: dict[str, list[dict]] | None
             }
         )
     return table.reset_index()
-
-
-def ablation_step(results_dir: str | Path, n_resamples: int = 2000) -> pd.DataFrame:
-    """:func:`ablation_table` of a results folder, written to ``evaluation/ablation.csv``."""
-    from rl_lib.io import atomic_write_csv
-    from rl_lib.pipeline import EVALUATION, run_dirs
-    from rl_lib.run_record import read_metadata
-
-    path = Path(results_dir) / EVALUATION / "per_episode.csv"
-    if not path.is_file():
-        raise UserError(f"{path}: missing; run the evaluation step (notebook 02_evaluate) first")
-    runs: dict[str, list[dict]] = {}
-    for run in run_dirs(results_dir):
-        meta = read_metadata(run)
-        if meta.get("best"):
-            runs.setdefault(meta["name"], []).append(meta)
-    table = ablation_table(pd.read_csv(path), runs, n_resamples)
-    atomic_write_csv(table, Path(results_dir) / EVALUATION / "ablation.csv")
-    return table
 
 
 def format_ablation(table: pd.DataFrame) -> str:

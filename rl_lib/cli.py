@@ -7,21 +7,8 @@ import math
 import sys
 from pathlib import Path
 
+from rl_lib.argtypes import non_negative_int, positive_int
 from rl_lib.errors import UserError
-
-
-def positive_int(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}") from None
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"expected a positive integer, got {value}")
-    return value
-
-
-def non_negative_int(text: str) -> int:
-    return 0 if text.strip() == "0" else positive_int(text)
 
 
 def _load(args: argparse.Namespace):
@@ -214,7 +201,8 @@ def cmd_bench_inference(args: argparse.Namespace) -> int:
 
 
 def cmd_ablation(args: argparse.Namespace) -> int:
-    from rl_lib.ablation import ablation_step, format_ablation
+    from rl_lib.ablation import format_ablation
+    from rl_lib.pipeline import ablation_step
 
     table = ablation_step(args.results, args.resamples)
     print(f"{args.results}: reward per test day, mean [95 % paired-bootstrap CI] "

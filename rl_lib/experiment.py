@@ -11,9 +11,11 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
-from rl_lib.config import bounded, from_dict, load_yaml
+from rl_lib.config import bounded, from_dict, load_yaml, to_dict
 from rl_lib.envs.core import RewardWeights
+from rl_lib.errors import UserError
 from rl_lib.scenarios.config import ScenarioConfig
 
 NETWORKS = ("fleet", "mlp")
@@ -138,3 +140,23 @@ def load_experiment(path: str | Path | None) -> ExperimentConfig:
     if path is None:
         return ExperimentConfig()
     return from_dict(ExperimentConfig, load_yaml(path), source=str(path))
+
+
+def with_overrides(config: ExperimentConfig, overrides: dict[str, Any] | None) -> ExperimentConfig:
+    """Apply dotted-key overrides (``{"training.total_timesteps": 3000}``), validated like a file."""
+    if not overrides:
+        return config
+    if not isinstance(overrides, dict):
+        raise UserError(
+            f"parameter overrides: expected a mapping of dotted keys to values, got {overrides!r}"
+        )
+    data = to_dict(config)
+    for key, value in overrides.items():
+        *parents, leaf = str(key).split(".")
+        node = data
+        for part in parents:
+            if not isinstance(node.get(part), dict):
+                raise UserError(f"parameter overrides: {key!r} does not name a config section")
+            node = node[part]
+        node[leaf] = value
+    return from_dict(ExperimentConfig, data, source="parameter overrides")

@@ -20,11 +20,10 @@ from typing import Any
 
 import pandas as pd
 
-from rl_lib.config import from_dict, to_dict
+from rl_lib.config import from_dict
 from rl_lib.errors import UserError
-from rl_lib.experiment import ExperimentConfig, load_experiment
-
-RUNS, EVALUATION = "runs", "evaluation"
+from rl_lib.experiment import ExperimentConfig, load_experiment, with_overrides
+from rl_lib.run_record import EVALUATION, RUNS
 
 
 def use_repository_root() -> Path:
@@ -44,23 +43,6 @@ def use_repository_root() -> Path:
 def _check(name: str, value: Any, ok: bool, expected: str) -> None:
     if not ok:
         raise UserError(f"parameter {name}: expected {expected}, got {value!r}")
-
-
-def with_overrides(config: ExperimentConfig, overrides: dict[str, Any] | None) -> ExperimentConfig:
-    """Apply dotted-key overrides (``{"training.total_timesteps": 3000}``), validated like a file."""
-    if not overrides:
-        return config
-    _check("overrides", overrides, isinstance(overrides, dict), "a mapping of dotted keys to values")
-    data = to_dict(config)
-    for key, value in overrides.items():
-        *parents, leaf = str(key).split(".")
-        node = data
-        for part in parents:
-            if not isinstance(node.get(part), dict):
-                raise UserError(f"parameter overrides: {key!r} does not name a config section")
-            node = node[part]
-        node[leaf] = value
-    return from_dict(ExperimentConfig, data, source="parameter overrides")
 
 
 def load_configs(configs: Sequence[str | dict], overrides: dict[str, Any] | None) -> list[ExperimentConfig]:
@@ -271,10 +253,28 @@ def evaluate_step(
     for name, table in tables.items():
         atomic_write_csv(table, out / f"{name}.csv")
     if len({m["name"] for m in metas if m["algo"] == "dqn"}) > 1:  # an agent study (params/ablation.yaml)
-        from rl_lib.ablation import ablation_step
-
         tables["ablation"] = ablation_step(results_dir, n_resamples)
     return tables
+
+
+def ablation_step(results_dir: str | Path, n_resamples: int = 2000) -> pd.DataFrame:
+    """The agent study's table (:func:`rl_lib.ablation.ablation_table`) of a results folder's
+    evaluation, written to ``evaluation/ablation.csv``."""
+    from rl_lib.ablation import ablation_table
+    from rl_lib.io import atomic_write_csv
+    from rl_lib.run_record import read_metadata
+
+    path = Path(results_dir) / EVALUATION / "per_episode.csv"
+    if not path.is_file():
+        raise UserError(f"{path}: missing; run the evaluation step (notebook 02_evaluate) first")
+    runs: dict[str, list[dict]] = {}
+    for run in run_dirs(results_dir):
+        meta = read_metadata(run)
+        if meta.get("best"):
+            runs.setdefault(meta["name"], []).append(meta)
+    table = ablation_table(pd.read_csv(path), runs, n_resamples)
+    atomic_write_csv(table, Path(results_dir) / EVALUATION / "ablation.csv")
+    return table
 
 
 def figures_step(

@@ -16,6 +16,9 @@ from typing import Any
 
 from rl_lib.checkpoints import CheckpointManager
 
+#: A results folder's layout: ``RESULTS/runs/{name}_seed{seed}/`` run dirs, ``RESULTS/evaluation/`` tables.
+RUNS, EVALUATION = "runs", "evaluation"
+
 STRATEGY = (
     "Three-level checkpoints. Level 1 (latest): a complete snapshot (model, replay buffer, random "
     "streams, environment state) every checkpoint_freq steps, written under temporary names, fsynced, "

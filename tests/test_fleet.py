@@ -189,7 +189,9 @@ def test_a_model_trained_on_four_vehicles_dispatches_twelve(tmp_path):
     assert train(config, run_dir, log=lambda *a: None).status == "completed"
     dispatcher = Dispatcher(run_dir, "torch")
     day = SyntheticScenario().day("test", 0)  # the default 12-vehicle fleet
-    assert dispatcher.any_fleet_size and day.n_vehicles == 12 != config.scenario.fleet.n_cars + 2
+    fleet = config.scenario.fleet
+    trained_on = fleet.n_cars + fleet.n_wheelchair_vans + fleet.n_stretcher_units
+    assert dispatcher.any_fleet_size and (trained_on, day.n_vehicles) == (4, 12)
     from rl_lib.envs.core import DispatchCore
 
     core = DispatchCore()

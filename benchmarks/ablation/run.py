@@ -15,7 +15,8 @@ from pathlib import Path
 
 import yaml
 
-from rl_lib.pipeline import RUNS, load_configs
+from rl_lib.pipeline import load_configs
+from rl_lib.run_record import RUNS
 from rl_lib.training import seed_run_dir, train_seeds
 
 if __name__ == "__main__":

@@ -56,9 +56,12 @@ class FleetScorer(nn.Module):
     :param context: ``"deepsets"`` (mean and max of the vehicle embeddings) or ``"attention"``
         (one residual multi-head self-attention layer over the embeddings first).
     :param dueling: add a state value and centre the advantages on the feasible actions.
+    :param heads: False builds the encoder and context only (:meth:`embed`: a critic's input).
     """
 
-    def __init__(self, hidden: int = 128, context: str = "deepsets", dueling: bool = False) -> None:
+    def __init__(
+        self, hidden: int = 128, context: str = "deepsets", dueling: bool = False, heads: bool = True
+    ) -> None:
         super().__init__()
         if context not in CONTEXTS:
             raise ValueError(f"context must be one of {CONTEXTS}, got {context!r}")
@@ -75,6 +78,8 @@ class FleetScorer(nn.Module):
         self.attention = (
             nn.MultiheadAttention(hidden, 4, batch_first=True) if context == "attention" else None
         )
+        if not heads:
+            return
         self.score_vehicle, self.score_context = (
             nn.Linear(hidden, hidden),
             nn.Linear(2 * hidden, hidden, False),
@@ -168,9 +173,8 @@ class _FleetActorCritic(nn.Module):
     def __init__(self, n_actions: int, hidden: int, context: str) -> None:
         super().__init__()
         self.actor = FleetScorer(hidden, context)
-        self.critic = FleetScorer(
-            hidden, context
-        )  # separate weights: PPO's value loss does not steer the logits
+        # Separate weights: PPO's value loss does not steer the logits.
+        self.critic = FleetScorer(hidden, context, heads=False)
         self.latent_dim_pi, self.latent_dim_vf = n_actions, N_BOOKING + N_GLOBAL + 2 * hidden
 
     def forward(self, features: th.Tensor) -> tuple[th.Tensor, th.Tensor]:

@@ -68,7 +68,7 @@ def cmd_run(args: argparse.Namespace) -> int:
 
 def add_kaggle_commands(subparsers: Any) -> None:
     """Add ``kaggle`` and its sub-commands to the ``rl-lib`` parser."""
-    from rl_lib.cli import positive_int
+    from rl_lib.argtypes import positive_int
 
     kaggle = subparsers.add_parser("kaggle", help="Kaggle GPU kernels: build, push, status, pull, run")
     sub = kaggle.add_subparsers(dest="kaggle", required=True)

@@ -182,7 +182,7 @@ class CodeDataset:
 
 def dataset_metadata(owner: str, slug: str, title: str) -> dict:
     """``dataset-metadata.json``, checked as ``kaggle datasets create`` checks it."""
-    from rl_lib.kaggle.kernel import check_owner, check_slug
+    from rl_lib.kaggle.names import check_owner, check_slug
 
     check_owner(owner)
     check_slug(slug, "code data set slug")

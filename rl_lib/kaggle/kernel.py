@@ -44,6 +44,7 @@ import yaml
 from rl_lib.errors import UserError
 from rl_lib.io import FILE_MODE, atomic_write_json, atomic_write_text
 from rl_lib.kaggle.code_dataset import DEFAULT_DATASET_SLUG
+from rl_lib.kaggle.names import check_owner, check_slug
 
 KERNEL_METADATA = "kernel-metadata.json"
 RECORD = "rl_lib_kernel.json"
@@ -55,8 +56,6 @@ LANGUAGES, KERNEL_TYPES, PINNING_TYPES = (
     ("script", "notebook"),
     ("original", "latest"),
 )
-_SLUG = re.compile(r"^[a-z0-9]+(?:-[a-z0-9]+)*$")
-_OWNER = re.compile(r"^[a-z0-9]+(?:[_-][a-z0-9]+)*$")
 
 
 @dataclass(frozen=True)
@@ -97,17 +96,6 @@ def slugify(title: str) -> str:
 def check_name(name: str) -> None:
     if not re.fullmatch(r"[a-z0-9][a-z0-9-]{0,39}", name or ""):
         raise UserError(f"kernel name {name!r}: use 1 to 40 lowercase letters, digits and hyphens")
-
-
-def check_owner(owner: str | None) -> None:
-    if not owner or not _OWNER.match(owner):
-        raise UserError(f"Kaggle owner {owner!r}: expected a Kaggle user name (lowercase letters, digits, "
-                        "- or _); pass --owner or set kaggle.owner in the parameter file")  # fmt: skip
-
-
-def check_slug(slug: str, what: str) -> None:
-    if not _SLUG.match(slug or ""):
-        raise UserError(f"{what} {slug!r}: lowercase letters and digits separated by single hyphens")
 
 
 def load_params(path: str | Path) -> tuple[dict[str, Any], KernelSettings]:

@@ -219,7 +219,7 @@ def prepare_session(
     :param configs: run name -> its experiment config, for every run of ``runs``: a run is brought
         only from copies of its configuration (:func:`find_run_copies`).
     """
-    from rl_lib.pipeline import RUNS
+    from rl_lib.run_record import RUNS
     from rl_lib.training import KAGGLE_DISK_BUDGET
 
     base = Path(results_dir)

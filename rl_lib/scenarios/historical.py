@@ -795,7 +795,7 @@ def _atomic_write(path: Path, write: Callable[[Path], object]) -> None:
 # ---------------------------------------------------------------------------------------- CLI
 def add_data_command(subparsers: argparse._SubParsersAction) -> None:
     """Register ``data sample`` and ``data import`` on the CLI's sub-command parsers."""
-    from rl_lib.cli import positive_int
+    from rl_lib.argtypes import positive_int
 
     data = subparsers.add_parser("data", help="historical bookings: write a sample, import a table")
     sub = data.add_subparsers(dest="data_command", required=True)

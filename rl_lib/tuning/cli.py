@@ -40,7 +40,7 @@ def cmd_tune(args: argparse.Namespace) -> int:
 
 
 def add_tune_command(sub: argparse._SubParsersAction) -> None:
-    from rl_lib.cli import non_negative_int, positive_int
+    from rl_lib.argtypes import non_negative_int, positive_int
 
     p = sub.add_parser("tune", help="Optuna search of DQN hyperparameters, then re-training of the best")
     p.add_argument("--config", default="configs/dqn.yaml", help="base experiment YAML (algo dqn)")
@@ -89,7 +89,7 @@ def cmd_bench_tune(args: argparse.Namespace) -> int:
 
 
 def add_bench_tune_command(bench: argparse._SubParsersAction) -> None:
-    from rl_lib.cli import positive_int
+    from rl_lib.argtypes import positive_int
 
     p = bench.add_parser("tune", help="tuning trials/hour: 1 vs N workers, with and without pruning")
     p.add_argument("--config", default="configs/dqn.yaml")

@@ -49,8 +49,7 @@ def tune_step(
     :param tuned_config: where a proven winner's config is written (None: nowhere).
     :return: ``trials`` (one row per trial), ``decision`` (the re-training's), ``outputs`` (paths).
     """
-    from rl_lib.experiment import load_experiment
-    from rl_lib.pipeline import with_overrides
+    from rl_lib.experiment import load_experiment, with_overrides
     from rl_lib.thesis.tuning import tuning_outputs
     from rl_lib.tuning.retrain import retrain
     from rl_lib.tuning.study import EXIT_COMPLETED, TuneSettings, make_spec, optimize

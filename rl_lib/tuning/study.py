@@ -298,7 +298,7 @@ class BudgetLock:
 
 def trial_config(spec: StudySpec, params: dict[str, Any], number: int) -> ExperimentConfig:
     """The base config with the trial's hyperparameters and the tuning budget, seed and name."""
-    from rl_lib.pipeline import with_overrides
+    from rl_lib.experiment import with_overrides
 
     s = spec.settings
     overrides: dict[str, Any] = {f"training.dqn.{k}": v for k, v in spec.space.to_dqn(params).items()}
