@@ -15,7 +15,7 @@ $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip
 	$(BIN)/python -m pip install --quiet torch==2.13.0
-	$(BIN)/python -m pip install --quiet -e ".[dev,inference,kaggle,postgresql]"
+	$(BIN)/python -m pip install --quiet -e ".[dev,inference,kaggle,postgresql,serving]"
 	touch $(STAMP)
 
 # The main job: the thesis pipeline at quick scale (params/quickstart.yaml), through the

@@ -252,6 +252,7 @@ def cmd_thesis(args: argparse.Namespace) -> int:
 def build_parser() -> argparse.ArgumentParser:
     from rl_lib.kaggle.cli import add_kaggle_commands
     from rl_lib.scenarios.historical import add_data_command
+    from rl_lib.serving.cli import add_bench_serve_command, add_serve_command
     from rl_lib.tuning.cli import add_bench_tune_command, add_tune_command
 
     parser = argparse.ArgumentParser(prog="rl-lib", description=__doc__)
@@ -344,10 +345,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--days", type=positive_int, default=3, help="test days played (default 3)")
     p.set_defaults(func=cmd_bench_inference)
     add_bench_tune_command(bench)
+    add_bench_serve_command(bench)
 
     add_data_command(sub)
     add_kaggle_commands(sub)
     add_tune_command(sub)
+    add_serve_command(sub)
     return parser
 
 

@@ -1,0 +1,136 @@
+"""What the service measures: Prometheus metrics and the live figures of the dashboard.
+
+:class:`Monitor` owns a private Prometheus registry (``GET /metrics``) and bounded in-memory windows
+for the dashboard and ``GET /v1/stats``: decisions per minute by arm and by deciding policy, decision
+latency percentiles, and per arm the completion rate, on-time rate and deadhead km of the outcomes
+reported, each with a 95 % bootstrap interval from :mod:`rl_lib.stats` (one interval method in the
+project). The windows are bounded (``window`` recent decisions and outcomes), so memory stays flat
+however long the service runs; the streams keep the full history.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections import OrderedDict, deque
+from dataclasses import dataclass
+
+import numpy as np
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+
+LATENCY_BUCKETS = (0.0005, 0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.25, 1.0)
+
+
+@dataclass(frozen=True)
+class DecisionFacts:
+    """What the monitor keeps of a decision until its outcome arrives."""
+
+    arm: str
+    assigned: bool
+
+
+class Monitor:
+    """Metrics of one service process.
+
+    :param window: decisions and outcomes kept for the live figures.
+    :param n_resamples: bootstrap replicates of the live intervals.
+    """
+
+    def __init__(self, window: int = 20_000, n_resamples: int = 1000) -> None:
+        self.registry = CollectorRegistry()
+        r = self.registry
+        self.decisions = Counter("rl_lib_decisions", "Decisions answered", ["arm", "policy"], registry=r)
+        self.fallbacks = Counter("rl_lib_fallbacks", "Decisions the model could not make", ["reason"],
+                                 registry=r)  # fmt: skip
+        self.latency = Histogram("rl_lib_decision_seconds", "Decision time in the service (s)",
+                                 buckets=LATENCY_BUCKETS, registry=r)  # fmt: skip
+        self.outcomes = Counter("rl_lib_outcomes", "Outcomes recorded", ["arm", "status"], registry=r)
+        self.rejected = Counter("rl_lib_rejected_requests", "Requests refused (4xx)", ["status"], registry=r)
+        self.spool_backlog = Gauge("rl_lib_spool_backlog", "Log records waiting in the local spool",
+                                   registry=r)  # fmt: skip
+        self.spooled = Gauge("rl_lib_spooled_records", "Log records ever spooled", registry=r)
+        self.replayed = Gauge("rl_lib_replayed_records", "Spooled records replayed into Redis", registry=r)
+        self.model_info = Gauge("rl_lib_model_loaded", "1 when the model decides", ["version"], registry=r)
+        self._lock = threading.Lock()
+        self._n_resamples = n_resamples
+        self._times: deque[tuple[float, str, str]] = deque(maxlen=window)  # (unix time, arm, policy)
+        self._latency_ms: deque[float] = deque(maxlen=window)
+        self._pending: OrderedDict[str, DecisionFacts] = OrderedDict()
+        self._window = window
+        self._served: dict[str, deque[tuple[float, float, float]]] = {}  # arm -> (completed, on_time, km)
+
+    def decided(self, decision_id: str, arm: str, policy: str, assigned: bool, seconds: float,
+                fallback_reason: str | None) -> None:  # fmt: skip
+        self.decisions.labels(arm, policy).inc()
+        self.latency.observe(seconds)
+        if fallback_reason is not None:
+            self.fallbacks.labels(_reason_label(fallback_reason)).inc()
+        with self._lock:
+            self._times.append((time.time(), arm, policy))
+            self._latency_ms.append(1e3 * seconds)
+            self._pending[decision_id] = DecisionFacts(arm, assigned)
+            while len(self._pending) > 5 * self._window:
+                self._pending.popitem(last=False)
+            if not assigned:  # a refusal is an outcome already: not completed
+                self._served.setdefault(arm, deque(maxlen=self._window)).append((0.0, np.nan, np.nan))
+
+    def outcome(self, decision_id: str, status: str, lateness_min: float | None,
+                deadhead_km: float | None) -> str | None:  # fmt: skip
+        """Record an outcome; returns its arm (None for a decision this process does not know)."""
+        with self._lock:
+            facts = self._pending.pop(decision_id, None)
+            if facts is None:
+                return None
+            completed = status == "completed"
+            row = (
+                (1.0, float(lateness_min <= 1e-9), float(deadhead_km)) if completed else (0.0, np.nan, np.nan)
+            )
+            self._served.setdefault(facts.arm, deque(maxlen=self._window)).append(row)
+        self.outcomes.labels(facts.arm, status).inc()
+        return facts.arm
+
+    def stats(self, now: float | None = None) -> dict:
+        """The dashboard's figures (``GET /v1/stats``)."""
+        from rl_lib.stats import stratified_bootstrap_ci
+
+        now = time.time() if now is None else now
+        with self._lock:
+            times = list(self._times)
+            latency = np.array(self._latency_ms)
+            served = {arm: np.array(rows, dtype=float).reshape(-1, 3) for arm, rows in self._served.items()}
+        last_minute = [(arm, policy) for t, arm, policy in times if t >= now - 60.0]
+        per_minute: dict[str, dict[str, int]] = {"by_arm": {}, "by_policy": {}}
+        for arm, policy in last_minute:
+            per_minute["by_arm"][arm] = per_minute["by_arm"].get(arm, 0) + 1
+            per_minute["by_policy"][policy] = per_minute["by_policy"].get(policy, 0) + 1
+        pct = {f"p{q}": float(np.percentile(latency, q)) if latency.size else None for q in (50, 95, 99)}
+        arms = {}
+        for arm, rows in sorted(served.items()):
+            kpis = {}
+            for column, name in enumerate(("completion_rate", "on_time_rate", "deadhead_km")):
+                values = rows[:, column]
+                values = values[~np.isnan(values)]
+                if values.size == 0:
+                    kpis[name] = {"mean": None, "ci_low": None, "ci_high": None, "n": 0}
+                    continue
+                mean, low, high = stratified_bootstrap_ci({arm: values[None, :]}, np.mean,
+                                                          self._n_resamples)[arm]  # fmt: skip
+                kpis[name] = {"mean": mean, "ci_low": low, "ci_high": high, "n": int(values.size)}
+            arms[arm] = kpis
+        return {
+            "decisions_last_minute": per_minute,
+            "decisions_in_window": len(times),
+            "latency_ms": pct,
+            "arms": arms,
+        }
+
+    def sync_log(self, backlog: int, spooled: int, replayed: int) -> None:
+        self.spool_backlog.set(backlog)
+        self.spooled.set(spooled)
+        self.replayed.set(replayed)
+
+
+def _reason_label(reason: str) -> str:
+    """A low-cardinality label: the reason's first words (no ids, no paths)."""
+    head = reason.split(":")[0]
+    return head if head in ("model not loaded", "model failed") else "wrong fleet size"

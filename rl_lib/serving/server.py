@@ -1,0 +1,110 @@
+"""Assemble and run the service: model, experiment, decision log, token; uvicorn on 127.0.0.1.
+
+Configuration comes from options and the environment, secrets from the environment or files only:
+
+=========================  =======================================================================
+``RL_LIB_SERVICE_TOKEN``   the bearer token of the write endpoints (or ``--token-file``)
+``RL_LIB_REDIS_URL``       ``redis://host:port/db``, ``rediss://...`` or ``unix:///path`` (or
+                           ``--redis-url``; with neither, ``--start-redis`` runs a local one)
+``RL_LIB_REDIS_USERNAME``  ACL user (optional)
+``RL_LIB_REDIS_PASSWORD``  its password (or ``--redis-password-file``)
+=========================  =======================================================================
+
+A URL that carries a password is refused: the password would end up in process listings and logs.
+"""
+
+from __future__ import annotations
+
+import os
+import secrets
+from dataclasses import dataclass
+from pathlib import Path
+from urllib.parse import urlsplit
+
+from rl_lib.errors import UserError
+from rl_lib.serving.app import Security, create_app, read_secret
+from rl_lib.serving.decision_log import DecisionLog, redis_connector
+from rl_lib.serving.experiment import load_experiment_file
+from rl_lib.serving.monitor import Monitor
+from rl_lib.serving.policy import ModelPolicy
+from rl_lib.serving.service import DispatchService
+
+
+@dataclass(frozen=True)
+class ServeOptions:
+    model: str
+    experiment: str | None = None
+    backend: str = "auto"
+    redis_url: str | None = None
+    redis_password_file: str | None = None
+    token_file: str | None = None
+    state_dir: str = "results/serve"
+    stream_prefix: str = "rl_lib"
+
+
+def build_service(options: ServeOptions, redis_url: str | None = None) -> tuple[DispatchService, Security]:
+    """The service and its security from options + environment (``redis_url`` overrides both)."""
+    try:
+        token = read_secret(os.environ.get("RL_LIB_SERVICE_TOKEN"), options.token_file, "token")
+        password = read_secret(os.environ.get("RL_LIB_REDIS_PASSWORD"), options.redis_password_file,
+                               "Redis password")  # fmt: skip
+    except FileNotFoundError as exc:
+        raise UserError(str(exc)) from None
+    if not token:
+        raise UserError("no service token: set RL_LIB_SERVICE_TOKEN or pass --token-file "
+                        "(the write endpoints need one)")  # fmt: skip
+    try:
+        security = Security(token)
+    except ValueError as exc:
+        raise UserError(str(exc)) from None
+    url = redis_url or options.redis_url or os.environ.get("RL_LIB_REDIS_URL")
+    if url is not None and urlsplit(url).password:
+        raise UserError(
+            "the Redis URL carries a password: pass it in RL_LIB_REDIS_PASSWORD or a file instead"
+        )
+    experiment = load_experiment_file(options.experiment)
+    model = ModelPolicy.load(options.model, options.backend)
+    state = Path(options.state_dir)
+    connect = redis_connector(url, os.environ.get("RL_LIB_REDIS_USERNAME"), password) if url else None
+    log = DecisionLog(
+        connect, state / "spool" / f"{options.stream_prefix}.jsonl", prefix=options.stream_prefix
+    )
+    return DispatchService(model, experiment, log, Monitor()), security
+
+
+def ensure_token_file(path: str | Path) -> Path:
+    """A token file for local use (created 0600 with a random token when absent)."""
+    path = Path(path)
+    if not path.is_file():
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        with os.fdopen(fd, "w") as f:
+            f.write(secrets.token_urlsafe(32) + "\n")
+    return path
+
+
+def serve(
+    options: ServeOptions, host: str = "127.0.0.1", port: int = 8000, start_redis: bool = False
+) -> None:
+    """Run the service until interrupted (with a private redis-server when asked and none is set)."""
+    import uvicorn
+
+    from rl_lib.serving.redis_server import LocalRedis
+
+    local = None
+    if start_redis and not (options.redis_url or os.environ.get("RL_LIB_REDIS_URL")):
+        local = LocalRedis(Path(options.state_dir) / "redis").start()
+        print(f"redis-server: {local.url}", flush=True)
+    try:
+        service, security = build_service(options, local.url if local else None)
+        model = service.model
+        decides = model.version or f"NOT LOADED, insertion decides: {model.load_error}"
+        print(f"model: {decides}; experiment: {service.experiment.name}; http://{host}:{port}/dashboard",
+              flush=True)  # fmt: skip
+        uvicorn.run(
+            create_app(service, security), host=host, port=port, log_level="warning", access_log=False
+        )
+        service.log.close()
+    finally:
+        if local is not None:
+            local.stop()

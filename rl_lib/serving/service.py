@@ -1,0 +1,169 @@
+"""The dispatch service's logic, without HTTP: decide, log, monitor.
+
+:class:`DispatchService` turns validated requests into decisions: the experiment gives each
+request its unit and arm, the arm's policy decides on the env's own state
+(:mod:`rl_lib.serving.fleet_state`), the decision is appended to the log (Redis or spool) **before**
+it is answered, and the monitor counts it. A retried ``decision_id`` gets its first answer back and
+is logged once. The model can be swapped while requests are in flight (:meth:`swap_model`): each
+request reads the model once, so it finishes on the model it started with, and its response names
+that model's version.
+"""
+
+from __future__ import annotations
+
+import time
+import uuid
+from collections import OrderedDict
+from dataclasses import dataclass
+
+from rl_lib.serving.decision_log import DECISION_SCHEMA, OUTCOME_SCHEMA, DecisionLog, array_field
+from rl_lib.serving.experiment import Experiment
+from rl_lib.serving.fleet_state import FleetState, fleet_state
+from rl_lib.serving.monitor import Monitor
+from rl_lib.serving.policy import FALLBACK, Choice, ModelPolicy, heuristic_action
+from rl_lib.serving.schemas import DecisionRequest, DecisionResponse, OutcomeRequest
+
+ANSWERED_CACHE = 100_000  # decision ids remembered for idempotent retries
+
+
+class FleetSizeError(ValueError):
+    """The model cannot read this fleet (the app answers 422 on the ``fleet`` field)."""
+
+
+@dataclass
+class DispatchService:
+    model: ModelPolicy
+    experiment: Experiment
+    log: DecisionLog
+    monitor: Monitor
+
+    def __post_init__(self) -> None:
+        self._answered: OrderedDict[str, DecisionResponse] = OrderedDict()
+        self._outcomes_seen: OrderedDict[str, None] = OrderedDict()
+        self._set_model_metric()
+
+    # ------------------------------------------------------------------ model
+    def swap_model(self, model: ModelPolicy) -> None:
+        """Replace the model atomically (one reference assignment); in-flight requests keep theirs."""
+        self.model = model
+        self._set_model_metric()
+
+    def _set_model_metric(self) -> None:
+        self.monitor.model_info.clear()
+        self.monitor.model_info.labels(self.model.version or "none").set(1.0 if self.model.ready else 0.0)
+
+    def check_fleet(self, request: DecisionRequest, model: ModelPolicy | None = None) -> None:
+        model = model or self.model
+        k = len(request.fleet)
+        if model.ready and not model.accepts_fleet(k):
+            raise FleetSizeError(f"the model takes {model.fleet_sizes()}, this fleet has {k}")
+
+    # -------------------------------------------------------------- decisions
+    def decide(self, requests: list[DecisionRequest]) -> list[DecisionResponse]:
+        """Decide every request (the model's ones in one network call), log, then answer."""
+        start = time.perf_counter()
+        model = self.model  # one read: the whole batch decides on one model
+        for request in requests:
+            self.check_fleet(request, model)
+        fresh, seen = [], set()
+        for i, r in enumerate(requests):  # a retried (or repeated) decision id is answered once
+            if r.decision_id is None or (r.decision_id not in self._answered and r.decision_id not in seen):
+                fresh.append(i)
+                seen.add(r.decision_id)
+        scenario, weights = model.scenario, model.weights
+        states = [fleet_state(requests[i], scenario, weights) for i in fresh]
+        units = [self.experiment.unit_id(r.service_day, r.region, r.now_min, r.booking.booking_id)
+                 for r in (requests[i] for i in fresh)]  # fmt: skip
+        arms = [self.experiment.arm(u) for u in units]
+        choices: list[Choice | None] = [None] * len(fresh)
+        model_rows = [j for j, arm in enumerate(arms) if arm.policy == "model"]
+        for j, choice in zip(model_rows, model.decide([states[j] for j in model_rows]), strict=True):
+            choices[j] = choice
+        for j, arm in enumerate(arms):
+            if arm.policy != "model":
+                choices[j] = Choice(heuristic_action(arm.policy, states[j]), arm.policy)
+        per_request = (time.perf_counter() - start) / max(len(fresh), 1)
+        responses: list[DecisionResponse | None] = [None] * len(requests)
+        for j, i in enumerate(fresh):
+            responses[i] = self._answer(requests[i], states[j], units[j], arms[j].name, choices[j], model,
+                                        per_request)  # fmt: skip
+        return [r if r is not None else self._answered[q.decision_id]
+                for r, q in zip(responses, requests, strict=True)]  # fmt: skip
+
+    def _answer(self, request: DecisionRequest, state: FleetState, unit: str, arm: str, choice: Choice,
+                model: ModelPolicy, seconds: float) -> DecisionResponse:  # fmt: skip
+        decision_id = request.decision_id or uuid.uuid4().hex
+        k = state.n_vehicles
+        assert state.mask[choice.action], "a policy chose a masked action"  # the heuristics never do
+        assigned = choice.action < k
+        vehicle = request.fleet[choice.action].vehicle_id if assigned else None
+        ins, core = state.insertion, state.core
+        if assigned:
+            a = choice.action
+            reward = float(core.serve_reward(0, ins.deadhead_km[a], ins.lateness[a]))
+            planned = {"pickup_min": float(ins.pickup[a]), "lateness_min": float(ins.lateness[a]),
+                       "deadhead_km": float(ins.deadhead_km[a]),
+                       "dropoff_min": float(ins.dropoff_end[a])}  # fmt: skip
+        else:
+            reward, planned = -core.weights.refusal_penalty, None
+        version = model.version if choice.policy in ("model", FALLBACK) else None
+        response = DecisionResponse(
+            decision_id=decision_id, booking_id=request.booking.booking_id,
+            action="assign" if assigned else "refuse", vehicle_id=vehicle,
+            vehicle_index=choice.action if assigned else None, arm=arm, unit=unit, policy=choice.policy,
+            model_version=version, feasible_vehicles=int(ins.n_feasible), decision_ms=1e3 * seconds,
+        )  # fmt: skip
+        self.log.append_decision({
+            "schema": DECISION_SCHEMA, "decision_id": decision_id, "time_unix": time.time(),
+            "service_day": request.service_day.isoformat(), "region": request.region,
+            "now_min": float(request.now_min), "booking_id": request.booking.booking_id,
+            "priority": request.booking.priority, "mobility": request.booking.mobility,
+            "unit": unit, "arm": arm, "policy": choice.policy, "fallback_reason": choice.fallback_reason,
+            "model_version": version, "n_vehicles": k, "action": int(choice.action),
+            "vehicle_id": vehicle, "observation": array_field(state.observation),
+            "mask": array_field(state.mask), "reward_at_decision": reward, "planned": planned,
+            "decision_ms": 1e3 * seconds,
+        })  # fmt: skip
+        self._remember(self._answered, decision_id, response)
+        self.monitor.decided(decision_id, arm, choice.policy, assigned, seconds, choice.fallback_reason)
+        self._sync_log_metrics()
+        return response
+
+    # --------------------------------------------------------------- outcomes
+    def record_outcome(self, outcome: OutcomeRequest) -> bool:
+        """Log an outcome; False when this decision's outcome was already recorded here."""
+        if outcome.decision_id in self._outcomes_seen:
+            return False
+        self.log.append_outcome({"schema": OUTCOME_SCHEMA, "time_unix": time.time(),
+                                 **outcome.model_dump(mode="json")})  # fmt: skip
+        self._remember(self._outcomes_seen, outcome.decision_id, None)
+        self.monitor.outcome(outcome.decision_id, outcome.status, outcome.lateness_min, outcome.deadhead_km)
+        self._sync_log_metrics()
+        return True
+
+    # ------------------------------------------------------------------ views
+    def stats(self) -> dict:
+        lengths = self.log.stream_lengths()
+        return {
+            **self.monitor.stats(),
+            "model_version": self.model.version,
+            "model_ready": self.model.ready,
+            "model_backend": self.model.backend if self.model.ready else None,
+            "experiment": self.experiment.name,
+            "stream_length": {
+                "decisions": lengths[self.log.decisions_stream],
+                "outcomes": lengths[self.log.outcomes_stream],
+            },  # fmt: skip
+            "spool_backlog": self.log.backlog,
+            "log": vars(self.log.counters).copy(),
+        }
+
+    def _sync_log_metrics(self) -> None:
+        c = self.log.counters
+        self.monitor.sync_log(self.log.backlog, c.spooled, c.replayed)
+
+    @staticmethod
+    def _remember(cache: OrderedDict, key: str, value) -> None:
+        cache[key] = value
+        while len(cache) > ANSWERED_CACHE:
+            cache.popitem(last=False)
