@@ -7,7 +7,7 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 
-.PHONY: venv quickstart test lint bench thesis clean
+.PHONY: venv quickstart test lint bench thesis serve serve-demo clean
 
 venv: $(STAMP)
 
@@ -55,6 +55,24 @@ thesis: venv
 bench: venv
 	$(BIN)/rl-lib bench env
 	$(BIN)/rl-lib bench train
+
+# The dispatch service on 127.0.0.1:8000 with a local redis-server (unless RL_LIB_REDIS_URL is set) and
+# a token file under results/serve/ (unless RL_LIB_SERVICE_TOKEN is set). MODEL: a DQN run dir;
+# the default is trained first when absent (configs/dqn.yaml, 30 000 steps: a few minutes here).
+MODEL ?= results/serve/model
+EXPERIMENT ?= experiments/ab.yaml
+
+$(MODEL)/best_model/best_model.zip:
+	$(BIN)/rl-lib train --config configs/dqn.yaml --total-timesteps 30000 --run-dir $(MODEL)
+	$(BIN)/rl-lib export $(MODEL)
+
+serve: venv $(MODEL)/best_model/best_model.zip
+	$(BIN)/rl-lib serve --model $(MODEL) --experiment $(EXPERIMENT) --start-redis
+
+# Redis, the service and the production simulator on 5 test days (agent vs insertion, switchback by
+# day), then the A/B report.
+serve-demo: venv $(MODEL)/best_model/best_model.zip
+	$(BIN)/rl-lib serve demo --model $(MODEL) --experiment $(EXPERIMENT) --days 5
 
 clean:
 	rm -rf $(VENV) build *.egg-info .pytest_cache .ruff_cache

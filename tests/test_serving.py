@@ -398,13 +398,15 @@ def test_replaying_a_spool_twice_adds_nothing(tmp_path):
     from rl_lib.serving.redis_server import LocalRedis
 
     with LocalRedis(tmp_path / "redis", port=0) as server:
-        spool = tmp_path / "spool.jsonl"
+        spool = tmp_path / "spool" / "t-999999999.jsonl"  # the spool of a process that is gone
+        spool.parent.mkdir()
         lines = [json.dumps({"stream": "t:decisions", "key": f"decision:{i}",
                              "record": json.dumps({"decision_id": str(i)})}) for i in range(5)]  # fmt: skip
         spool.write_text("\n".join(lines) + "\n")
-        log = DecisionLog(redis_connector(server.url), spool, prefix="t", retry_s=60)
+        log = DecisionLog(redis_connector(server.url), spool.parent, prefix="t", retry_s=60)
+        assert log.backlog == 5 and not spool.exists()  # adopted
         assert log.replay() == 5
-        spool.write_text("\n".join(lines) + "\n")  # as if the truncation had not happened
+        log.spool.write_text("\n".join(lines) + "\n")  # as if the truncation had not happened
         log._spooled_lines = 5
         assert log.replay() == 5 and log.counters.duplicates == 5
         assert log.stream_lengths()["t:decisions"] == 5

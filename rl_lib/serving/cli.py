@@ -77,6 +77,12 @@ def cmd_simulate(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_demo(args: argparse.Namespace) -> int:
+    from rl_lib.serving.demo import run_demo
+
+    return run_demo(args.model, args.experiment, args.days, args.speed, args.state_dir, args.out)
+
+
 def cmd_bench_serve(args: argparse.Namespace) -> int:
     from rl_lib.serving.bench import bench_serve
 
@@ -112,6 +118,19 @@ def add_serve_command(sub: argparse._SubParsersAction) -> None:
     s.add_argument("--token-file", help="default: RL_LIB_SERVICE_TOKEN")
     s.add_argument("--out", help="CSV of the simulator's own KPIs per day")
     s.set_defaults(func=cmd_simulate)
+
+    s = serve_sub.add_parser(
+        "demo", help="redis + service + simulator, then the A/B report (make serve-demo)"
+    )
+    s.add_argument("--model", required=True, help="a DQN run dir")
+    s.add_argument("--experiment", default="experiments/ab.yaml")
+    s.add_argument("--days", type=positive_int, default=5, help="test days played (default 5)")
+    s.add_argument(
+        "--speed", type=_speed, default=None, help="simulated minutes per real minute (default max)"
+    )
+    s.add_argument("--state-dir", default="results/serve-demo")
+    s.add_argument("--out", default="results/serve-demo/ab", help="folder of the A/B report's CSVs")
+    s.set_defaults(func=cmd_demo)
 
 
 def add_bench_serve_command(bench: argparse._SubParsersAction) -> None:

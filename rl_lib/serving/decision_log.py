@@ -14,6 +14,10 @@ fsynced before the request is answered) and so do all later records until the sp
 again, which keeps the order. A background thread retries every ``retry_s``; it replays the spool
 through the same idempotent script, then truncates it. A crash mid-replay replays again: the seen
 keys drop what already landed. Counters (spooled, replayed, dropped duplicates) feed the metrics.
+
+**Several processes** (uvicorn workers, replicas on one host) each spool to their own file,
+``{spool_dir}/{prefix}-{pid}.jsonl``; a process that starts adopts the spool files of processes that
+are gone (claimed by an atomic rename, so two never adopt the same file) and replays them first.
 """
 
 from __future__ import annotations
@@ -69,7 +73,7 @@ class DecisionLog:
 
     :param connect: returns a redis-py client (None: no Redis configured, everything is spooled and
         replayed only when a later process has Redis).
-    :param spool: the spool file (JSON lines).
+    :param spool_dir: the folder of the spool files (JSON lines, one per process).
     :param prefix: stream key prefix.
     :param maxlen: approximate cap of each stream (``MAXLEN ~``).
     :param seen_ttl_s: how long a record key is remembered for exactly-once appends.
@@ -77,7 +81,7 @@ class DecisionLog:
     """
 
     connect: Callable[[], object] | None
-    spool: Path
+    spool_dir: Path
     prefix: str = "rl_lib"
     maxlen: int = 1_000_000
     seen_ttl_s: int = 7 * 24 * 3600
@@ -85,8 +89,10 @@ class DecisionLog:
     counters: LogCounters = field(default_factory=LogCounters)
 
     def __post_init__(self) -> None:
-        self.spool = Path(self.spool)
-        self.spool.parent.mkdir(parents=True, exist_ok=True)
+        self.spool_dir = Path(self.spool_dir)
+        self.spool_dir.mkdir(parents=True, exist_ok=True)
+        self.spool = self.spool_dir / f"{self.prefix}-{os.getpid()}.jsonl"
+        self._adopt_orphans()
         self._lock = threading.Lock()
         self._client = None
         self._script = None
@@ -138,6 +144,23 @@ class DecisionLog:
         self._thread.join(timeout=5)
 
     # ---------------------------------------------------------------- internals
+    def _adopt_orphans(self) -> None:
+        """Append the spools of dead processes to ours (before any record of ours)."""
+        for path in sorted(self.spool_dir.glob(f"{self.prefix}-*.jsonl")):
+            pid = path.stem.rsplit("-", 1)[-1]
+            if path == self.spool or not pid.isdigit() or _alive(int(pid)):
+                continue
+            claimed = path.with_name(f"{path.name}.claimed-{os.getpid()}")
+            try:
+                os.replace(path, claimed)  # atomic: only one process wins a file
+            except FileNotFoundError:
+                continue
+            with self.spool.open("a", encoding="utf-8") as out:
+                out.write(claimed.read_text(encoding="utf-8"))
+                out.flush()
+                os.fsync(out.fileno())
+            claimed.unlink()
+
     def _append(self, stream: str, key: str, record: dict) -> None:
         text = json.dumps(record, separators=(",", ":"), allow_nan=False)
         with self._lock:
@@ -206,6 +229,16 @@ class DecisionLog:
                 self._spooled_lines = len(rest)
                 self.counters.replayed += done
             return done
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # alive, someone else's
+        return True
+    return True
 
 
 def _count_lines(path: Path) -> int:

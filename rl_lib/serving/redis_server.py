@@ -26,7 +26,7 @@ class LocalRedis:
 
     def __init__(self, folder: str | Path, port: int | None = None, password: str | None = None) -> None:
         self.folder = Path(folder)
-        self.port = _free_port() if port == 0 else port
+        self.port = free_port() if port == 0 else port
         self.password = password
         self.process: subprocess.Popen | None = None
 
@@ -90,7 +90,8 @@ class LocalRedis:
         self.stop()
 
 
-def _free_port() -> int:
+def free_port() -> int:
+    """A TCP port on 127.0.0.1 that was free a moment ago."""
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return int(s.getsockname()[1])

@@ -66,10 +66,21 @@ def build_service(options: ServeOptions, redis_url: str | None = None) -> tuple[
     model = ModelPolicy.load(options.model, options.backend)
     state = Path(options.state_dir)
     connect = redis_connector(url, os.environ.get("RL_LIB_REDIS_USERNAME"), password) if url else None
-    log = DecisionLog(
-        connect, state / "spool" / f"{options.stream_prefix}.jsonl", prefix=options.stream_prefix
-    )
+    log = DecisionLog(connect, state / "spool", prefix=options.stream_prefix)
     return DispatchService(model, experiment, log, Monitor()), security
+
+
+#: Environment of :func:`app_from_env` (one process per uvicorn worker reads it).
+OPTIONS_ENV = "RL_LIB_SERVE_OPTIONS"
+
+
+def app_from_env():
+    """The app for ``uvicorn --factory rl_lib.serving.server:app_from_env`` (several ``--workers``):
+    :class:`ServeOptions` as JSON in ``RL_LIB_SERVE_OPTIONS``, secrets from the usual variables."""
+    import json
+
+    options = ServeOptions(**json.loads(os.environ[OPTIONS_ENV]))
+    return create_app(*build_service(options))
 
 
 def ensure_token_file(path: str | Path) -> Path:
