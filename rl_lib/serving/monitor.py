@@ -2,10 +2,19 @@
 
 :class:`Monitor` owns a private Prometheus registry (``GET /metrics``) and bounded in-memory windows
 for the dashboard and ``GET /v1/stats``: decisions per minute by arm and by deciding policy, decision
-latency percentiles, and per arm the completion rate, on-time rate and deadhead km of the outcomes
-reported, each with a 95 % bootstrap interval from :mod:`rl_lib.stats` (one interval method in the
-project). The windows are bounded (``window`` recent decisions and outcomes), so memory stays flat
-however long the service runs; the streams keep the full history.
+latency percentiles, and per arm, each with a 95 % bootstrap interval from :mod:`rl_lib.stats` (one
+interval method in the project):
+
+- ``assignment_rate``: decisions that assigned a vehicle (known at once, for every decision);
+- ``completion_rate``: assigned trips reported completed, among those with an outcome (not among
+  all decisions: refusals are final at once, trips only when they end, so mixing them would read
+  low while trips are on the road);
+- ``on_time_rate`` and ``deadhead_km`` of the completed trips.
+
+The windows are bounded (``window`` recent decisions and outcomes; intervals over the last
+``ci_window`` values), so memory and the cost of a refresh stay flat however long the service
+runs; the streams keep the full history. The figures are recomputed at most every ``refresh_s``
+seconds (each dashboard refresh would otherwise pay the bootstrap again).
 """
 
 from __future__ import annotations
@@ -34,9 +43,12 @@ class Monitor:
 
     :param window: decisions and outcomes kept for the live figures.
     :param n_resamples: bootstrap replicates of the live intervals.
+    :param ci_window: most recent values per arm and KPI the intervals are drawn from.
+    :param refresh_s: the figures are reused for this long.
     """
 
-    def __init__(self, window: int = 20_000, n_resamples: int = 1000) -> None:
+    def __init__(self, window: int = 20_000, n_resamples: int = 500, ci_window: int = 2_000,
+                 refresh_s: float = 1.0) -> None:  # fmt: skip
         self.registry = CollectorRegistry()
         r = self.registry
         self.decisions = Counter("rl_lib_decisions", "Decisions answered", ["arm", "policy"], registry=r)
@@ -52,12 +64,14 @@ class Monitor:
         self.replayed = Gauge("rl_lib_replayed_records", "Spooled records replayed into Redis", registry=r)
         self.model_info = Gauge("rl_lib_model_loaded", "1 when the model decides", ["version"], registry=r)
         self._lock = threading.Lock()
-        self._n_resamples = n_resamples
+        self._n_resamples, self._ci_window, self._refresh_s = n_resamples, ci_window, refresh_s
+        self._cached: tuple[float, dict] | None = None
         self._times: deque[tuple[float, str, str]] = deque(maxlen=window)  # (unix time, arm, policy)
         self._latency_ms: deque[float] = deque(maxlen=window)
         self._pending: OrderedDict[str, DecisionFacts] = OrderedDict()
         self._window = window
-        self._served: dict[str, deque[tuple[float, float, float]]] = {}  # arm -> (completed, on_time, km)
+        self._assigned: dict[str, deque[float]] = {}  # arm -> 1.0 / 0.0 per decision
+        self._trips: dict[str, deque[tuple[float, float, float]]] = {}  # arm -> (completed, on_time, km)
 
     def decided(self, decision_id: str, arm: str, policy: str, assigned: bool, seconds: float,
                 fallback_reason: str | None) -> None:  # fmt: skip
@@ -71,8 +85,7 @@ class Monitor:
             self._pending[decision_id] = DecisionFacts(arm, assigned)
             while len(self._pending) > 5 * self._window:
                 self._pending.popitem(last=False)
-            if not assigned:  # a refusal is an outcome already: not completed
-                self._served.setdefault(arm, deque(maxlen=self._window)).append((0.0, np.nan, np.nan))
+            self._assigned.setdefault(arm, deque(maxlen=self._window)).append(float(assigned))
 
     def outcome(self, decision_id: str, status: str, lateness_min: float | None,
                 deadhead_km: float | None) -> str | None:  # fmt: skip
@@ -85,19 +98,28 @@ class Monitor:
             row = (
                 (1.0, float(lateness_min <= 1e-9), float(deadhead_km)) if completed else (0.0, np.nan, np.nan)
             )
-            self._served.setdefault(facts.arm, deque(maxlen=self._window)).append(row)
+            self._trips.setdefault(facts.arm, deque(maxlen=self._window)).append(row)
         self.outcomes.labels(facts.arm, status).inc()
         return facts.arm
 
-    def stats(self, now: float | None = None) -> dict:
-        """The dashboard's figures (``GET /v1/stats``)."""
+    def stats(self) -> dict:
+        """The dashboard's figures (``GET /v1/stats``), at most ``refresh_s`` old."""
+        now = time.time()
+        cached = self._cached
+        if cached is not None and now - cached[0] < self._refresh_s:
+            return cached[1]
+        figures = self._compute(now)
+        self._cached = (now, figures)
+        return figures
+
+    def _compute(self, now: float) -> dict:
         from rl_lib.stats import stratified_bootstrap_ci
 
-        now = time.time() if now is None else now
         with self._lock:
             times = list(self._times)
             latency = np.array(self._latency_ms)
-            served = {arm: np.array(rows, dtype=float).reshape(-1, 3) for arm, rows in self._served.items()}
+            assigned = {arm: np.array(values, dtype=float) for arm, values in self._assigned.items()}
+            trips = {arm: np.array(rows, dtype=float).reshape(-1, 3) for arm, rows in self._trips.items()}
         last_minute = [(arm, policy) for t, arm, policy in times if t >= now - 60.0]
         per_minute: dict[str, dict[str, int]] = {"by_arm": {}, "by_policy": {}}
         for arm, policy in last_minute:
@@ -105,11 +127,13 @@ class Monitor:
             per_minute["by_policy"][policy] = per_minute["by_policy"].get(policy, 0) + 1
         pct = {f"p{q}": float(np.percentile(latency, q)) if latency.size else None for q in (50, 95, 99)}
         arms = {}
-        for arm, rows in sorted(served.items()):
+        for arm in sorted(assigned):
+            rows = trips.get(arm, np.zeros((0, 3)))
+            columns = {"assignment_rate": assigned[arm], "completion_rate": rows[:, 0],
+                       "on_time_rate": rows[:, 1], "deadhead_km": rows[:, 2]}  # fmt: skip
             kpis = {}
-            for column, name in enumerate(("completion_rate", "on_time_rate", "deadhead_km")):
-                values = rows[:, column]
-                values = values[~np.isnan(values)]
+            for name, values in columns.items():
+                values = values[~np.isnan(values)][-self._ci_window :]
                 if values.size == 0:
                     kpis[name] = {"mean": None, "ci_low": None, "ci_high": None, "n": 0}
                     continue
