@@ -118,6 +118,8 @@ class DispatchService:
             "service_day": request.service_day.isoformat(), "region": request.region,
             "now_min": float(request.now_min), "booking_id": request.booking.booking_id,
             "priority": request.booking.priority, "mobility": request.booking.mobility,
+            "booking": request.booking.model_dump(mode="json"),  # what a replay or a fit needs
+            "day_start_min": state.core.day.start_min, "day_end_min": state.core.day.end_min,
             "unit": unit, "arm": arm, "policy": choice.policy, "fallback_reason": choice.fallback_reason,
             "model_version": version, "n_vehicles": k, "action": int(choice.action),
             "vehicle_id": vehicle, "observation": array_field(state.observation),
