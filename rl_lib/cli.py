@@ -170,10 +170,23 @@ def cmd_bench_train(args: argparse.Namespace) -> int:
 
 
 def cmd_export(args: argparse.Namespace) -> int:
-    from rl_lib.inference import export_onnx
+    from rl_lib.inference import export_onnx, onnx_metadata
 
-    for path in export_onnx(args.run_dir, args.which, int8=args.int8):
+    files = export_onnx(
+        args.run_dir, args.which, int8=args.int8, int8_static=args.int8_static,
+        calibration_days=args.calibration_days, min_agreement=args.min_agreement,
+    )  # fmt: skip
+    for path in files:
         print(f"wrote {path} ({path.stat().st_size / 1e6:.2f} MB)")
+    if args.int8_static:
+        meta = onnx_metadata(files[-1])
+        int8, fp32 = (meta[k].split(",") if meta[k] else [] for k in ("int8_layers", "fp32_layers"))
+        print(
+            f"static INT8: {len(int8)} of {len(int8) + len(fp32)} layers INT8 "
+            f"(kept FP32: {', '.join(fp32) or 'none'}); calibrated on {meta['calibration_states']} states "
+            f"of {args.calibration_days} validation days; agreement with FP32 on {meta['check_states']} "
+            f"held-out validation states: {100 * float(meta['check_agreement']):.2f} %"
+        )
     return 0
 
 
@@ -252,6 +265,7 @@ def cmd_thesis(args: argparse.Namespace) -> int:
 def build_parser() -> argparse.ArgumentParser:
     from rl_lib.kaggle.cli import add_kaggle_commands
     from rl_lib.scenarios.historical import add_data_command
+    from rl_lib.serving.ab_cli import add_ab_command
     from rl_lib.serving.cli import add_bench_serve_command, add_serve_command
     from rl_lib.tuning.cli import add_bench_tune_command, add_tune_command
 
@@ -296,10 +310,22 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--no-hindsight", action="store_true")
     p.set_defaults(func=cmd_evaluate)
 
-    p = sub.add_parser("export", help="a DQN run's Q-network as ONNX (FP32, and INT8 with --int8)")
+    p = sub.add_parser("export", help="a DQN run's Q-network as ONNX (FP32; INT8 with --int8, --int8-static)")
     p.add_argument("run_dir")
     p.add_argument("--which", choices=("best", "final"), default="best")
     p.add_argument("--int8", action="store_true", help="also a dynamically quantised INT8 copy")
+    p.add_argument(
+        "--int8-static", action="store_true", help="also a statically quantised INT8 copy (calibrated)"
+    )
+    p.add_argument(
+        "--calibration-days", type=positive_int, default=10,
+        help="validation days that calibrate --int8-static; as many more check it (default 10)",
+    )  # fmt: skip
+    p.add_argument(
+        "--min-agreement", type=float, default=0.99,
+        help="share of held-out decisions --int8-static must keep; its least tolerant layers stay FP32 "
+        "until it does (default 0.99)",
+    )  # fmt: skip
     p.set_defaults(func=cmd_export)
 
     p = sub.add_parser("report", help="print a results folder's KPI table and paired differences")
@@ -351,6 +377,7 @@ def build_parser() -> argparse.ArgumentParser:
     add_kaggle_commands(sub)
     add_tune_command(sub)
     add_serve_command(sub)
+    add_ab_command(sub)
     return parser
 
 

@@ -13,6 +13,12 @@ interval below comes from it: :func:`aggregate_table` (mean and IQM per policy a
 :func:`probability_of_improvement` (P(policy beats reference)) and :func:`gap_to_bound` (distance to the
 hindsight bound).
 
+**Two independent samples** (the units of an A/B experiment, :mod:`rl_lib.serving.ab_report`): one value
+per unit and arm, no pairing. :func:`unpaired_difference` (difference of means) and
+:func:`unpaired_probability_of_improvement` (P(a treatment unit beats a control unit)) take their
+intervals from the same bootstrap, each arm's units resampled on their own; :func:`units_for_power` and
+:func:`minimum_detectable_difference` size such an experiment (normal approximation).
+
 **Direction of each KPI** (:data:`HIGHER_IS_BETTER`):
 
 =====================  ===========
@@ -439,6 +445,136 @@ def gap_closed(
                      "gap_closed": point, "ci_low": low, "ci_high": high,
                      "n_days": _n_common_days(x, ref)})  # fmt: skip
     return pd.DataFrame(rows)
+
+
+def unpaired_difference(
+    treatment: ArrayLike,
+    control: ArrayLike,
+    n_resamples: int = 2000,
+    confidence: float = 0.95,
+    seed: int = 0,
+) -> tuple[float, float, float]:
+    """mean(treatment) - mean(control) for two independent samples, with its percentile bootstrap interval.
+
+    Each sample becomes an (n, 1) score matrix: its values are the "seeds" of a single "day". The
+    day draw of :func:`stratified_bootstrap_ci` is then void and its seed draw resamples each sample's
+    values with replacement, independently of the other: the plain two-sample bootstrap (the
+    ``method="percentile"`` interval of ``scipy.stats.bootstrap`` on two samples). NaN values (a unit
+    where the KPI is undefined) are dropped first.
+
+    :param treatment: 1-D values of the treatment arm (one per randomisation unit).
+    :param control: 1-D values of the control arm.
+    :param n_resamples: bootstrap replicates.
+    :param confidence: interval coverage.
+    :param seed: seed of the resampling (the treatment's draws do not depend on the control's values).
+    :return: (point estimate, interval low, interval high); NaNs when a sample has no value.
+    :raises ValueError: a sample that is not 1-D, bad ``n_resamples`` or ``confidence``.
+    """
+    return _unpaired(_mean_difference, treatment, control, n_resamples, confidence, seed)
+
+
+def unpaired_probability_of_improvement(
+    treatment: ArrayLike,
+    control: ArrayLike,
+    higher_is_better: bool = True,
+    n_resamples: int = 2000,
+    confidence: float = 0.95,
+    seed: int = 0,
+) -> tuple[float, float, float]:
+    """P(a random treatment value beats a random control value), ties counting 1/2, with its interval.
+
+    The estimate is the fraction of the n_t x n_c (treatment, control) pairs where the treatment is
+    better (the Mann-Whitney U statistic over n_t n_c); 0.5 means no difference. Interval from the
+    two-sample bootstrap of :func:`unpaired_difference` (same draws for the same ``seed``).
+
+    :param higher_is_better: the KPI's direction (see :data:`HIGHER_IS_BETTER`).
+    :return: (point estimate, interval low, interval high); NaNs when a sample has no value.
+    """
+    sign = 1.0 if higher_is_better else -1.0
+
+    def improvement(x: np.ndarray, y: np.ndarray) -> np.ndarray:
+        return _probability_of_improvement(sign * x, sign * y)
+
+    return _unpaired(improvement, treatment, control, n_resamples, confidence, seed)
+
+
+def units_for_power(
+    sd_treatment: float, sd_control: float, difference: float, alpha: float = 0.05, power: float = 0.8
+) -> int:
+    """Units per arm (equal allocation) for a two-sided test at level ``alpha`` to detect ``difference``
+    with probability ``power``, by the normal approximation:
+
+        n = ceil((z_{1 - alpha/2} + z_{power})^2 (sd_treatment^2 + sd_control^2) / difference^2),
+
+    z_q the standard normal quantile (``scipy.stats.norm.ppf``), at least 1. With sd 1 in both arms
+    and a difference of 0.5 that is 63. The normal quantiles ignore that the SDs are estimated: with
+    few units per arm (a few dozen days) the t test needs a few more units than this.
+
+    :param sd_treatment: standard deviation of one unit's value in the treatment arm.
+    :param sd_control: the same in the control arm.
+    :param difference: the difference to detect, in the KPI's unit (its sign does not matter).
+    :raises ValueError: a negative or non-finite SD, a zero or non-finite difference, ``alpha`` or
+        ``power`` outside (0, 1).
+    """
+    _check_design(sd_treatment, sd_control, alpha, power)
+    if not (np.isfinite(difference) and difference != 0):
+        raise ValueError(f"difference must be finite and non-zero, got {difference}")
+    z = stats.norm.ppf(1 - alpha / 2) + stats.norm.ppf(power)
+    return max(1, int(np.ceil(z**2 * (sd_treatment**2 + sd_control**2) / difference**2)))
+
+
+def minimum_detectable_difference(
+    sd_treatment: float,
+    sd_control: float,
+    n_treatment: int,
+    n_control: int,
+    alpha: float = 0.05,
+    power: float = 0.8,
+) -> float:
+    """The smallest |difference| that ``n_treatment`` and ``n_control`` units detect with probability
+    ``power`` in a two-sided test at level ``alpha`` (normal approximation, the inverse of
+    :func:`units_for_power`):
+
+        mdd = (z_{1 - alpha/2} + z_{power}) sqrt(sd_treatment^2 / n_treatment + sd_control^2 / n_control).
+
+    :raises ValueError: fewer than one unit in an arm, a negative or non-finite SD, ``alpha`` or
+        ``power`` outside (0, 1).
+    """
+    _check_design(sd_treatment, sd_control, alpha, power)
+    if n_treatment < 1 or n_control < 1:
+        raise ValueError(f"each arm needs at least one unit, got {n_treatment} and {n_control}")
+    z = stats.norm.ppf(1 - alpha / 2) + stats.norm.ppf(power)
+    return float(z * np.sqrt(sd_treatment**2 / n_treatment + sd_control**2 / n_control))
+
+
+def _unpaired(
+    fn: _MatrixFunction,
+    treatment: ArrayLike,
+    control: ArrayLike,
+    n_resamples: int,
+    confidence: float,
+    seed: int,
+) -> tuple[float, float, float]:
+    """``fn`` on the two samples as (n, 1) score matrices, NaNs dropped, keyed by arm (the bootstrap's
+    draws); NaNs when a sample has no value."""
+    matrices = {}
+    for name, values in (("treatment", treatment), ("control", control)):
+        values = np.asarray(values, dtype=float)
+        if values.ndim != 1:
+            raise ValueError(f"the {name} sample must be 1-D, got shape {values.shape}")
+        matrices[name] = values[~np.isnan(values), np.newaxis]
+    if any(m.size == 0 for m in matrices.values()):
+        return float("nan"), float("nan"), float("nan")
+    return _bootstrap(fn, matrices, n_resamples, confidence, seed)
+
+
+def _check_design(sd_treatment: float, sd_control: float, alpha: float, power: float) -> None:
+    for name, sd in (("sd_treatment", sd_treatment), ("sd_control", sd_control)):
+        if not (np.isfinite(sd) and sd >= 0):
+            raise ValueError(f"{name} must be finite and >= 0, got {sd}")
+    for name, value in (("alpha", alpha), ("power", power)):
+        if not 0 < value < 1:
+            raise ValueError(f"{name} must lie in (0, 1), got {value}")
 
 
 def _gap_closed(x: np.ndarray, ref: np.ndarray, bound: np.ndarray) -> np.ndarray:

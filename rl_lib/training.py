@@ -5,7 +5,10 @@
 2. Build the training env (train days, drawn at random) and the evaluation env (the first
    validation days, always the same ones).
 3. Build a fresh agent, or load the checkpoint and restore its random streams and the env's
-   mid-episode state, so that the run continues exactly where it stopped.
+   mid-episode state, so that the run continues exactly where it stopped. A fresh agent may start
+   from another model's weights (``init_model``) and with experience already in its replay buffer
+   (``prefill``): a retrain of a production model on logged experience (:mod:`rl_lib.feedback`).
+   A resume ignores both: its checkpoint holds the weights and the buffer.
 4. ``model.learn`` with three callbacks: KPI logging, level-2 evaluation (best model) and
    level-1 checkpoints; SIGTERM, SIGINT and the wall-time budget stop it cleanly at the next
    rollout boundary, after a checkpoint.
@@ -148,6 +151,17 @@ def load_checkpoint(
     return model, extra
 
 
+def load_weights(model: BaseAlgorithm, path: Path) -> None:
+    """Put a saved model's weights and optimizer state into ``model`` (same algo and network)."""
+    if not path.is_file():
+        raise UserError(f"init_model {path}: no such model file")
+    try:
+        model.set_parameters(str(path), exact_match=True, device=model.device)
+    except (ValueError, RuntimeError, KeyError) as exc:  # other algo, other network or other sizes
+        raise UserError(f"init_model {path} does not fit this config's agent ({str(exc).splitlines()[0]}); "
+                        "start from a model of the same algo and network") from None  # fmt: skip
+
+
 def train(
     config: ExperimentConfig,
     run_dir: str | Path | None = None,
@@ -159,6 +173,9 @@ def train(
     progress_bar: bool = False,
     torch_threads: int | None = 1,
     on_evaluation: Callable[[dict, list[dict]], bool] | None = None,
+    init_model: str | Path | None = None,
+    prefill: Callable[[BaseAlgorithm], int] | None = None,
+    metadata: dict | None = None,
     log=print,
 ) -> TrainResult:
     """Train (or resume) the agent the config describes; see the module docstring.
@@ -170,6 +187,11 @@ def train(
     :param on_evaluation: called after each evaluation with its record and the whole history
         (resumed evaluations included); returning True stops the run as interrupted at the next
         checkpoint, with reason "stopped by on_evaluation" (the tuner's pruning).
+    :param init_model: fresh runs only: a model ``.zip`` of the same algo and network whose weights
+        (and optimizer state) the agent starts from; recorded as ``init_model``.
+    :param prefill: fresh runs only: ``prefill(model)`` adds experience to the new agent's replay
+        buffer before learning and returns how many transitions; recorded as ``prefilled_transitions``.
+    :param metadata: fresh runs only: more fields for the metadata (e.g. a retrain's lineage).
     """
     if torch_threads is not None:
         th.set_num_threads(torch_threads)
@@ -214,6 +236,11 @@ def train(
         if previous is not None:
             log(f"{run_dir}: no valid checkpoint yet; starting from scratch")
         model = build_model(t, train_env, device, tensorboard)
+        if init_model is not None:
+            load_weights(model, Path(init_model))
+        fresh = {"init_model": init_model and str(init_model), **(metadata or {})}
+        if prefill is not None:
+            fresh["prefilled_transitions"] = int(prefill(model))
     record = RunRecord.start(
         manager,
         previous,
@@ -226,6 +253,7 @@ def train(
         checkpoint_freq=checkpoint_freq,
         eval_freq=eval_freq,
         disk_budget_bytes=disk_budget,
+        **(fresh if latest is None else {}),
     )
     manager.on_event = record.checkpoint_event
 

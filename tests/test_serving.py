@@ -57,6 +57,7 @@ def make_client(run_dir, tmp_path, monkeypatch, experiment=None, redis_url=None)
     if experiment is not None:
         import yaml
 
+        tmp_path.mkdir(parents=True, exist_ok=True)
         path = tmp_path / "ab.yaml"
         path.write_text(yaml.safe_dump(experiment))
     options = ServeOptions(
@@ -310,6 +311,13 @@ def test_assignment_is_sticky_balanced_and_switchback_blocks_share_an_arm():
     assert [other_salt.arm(u).name for u in units] != arms
 
 
+def test_the_serve_command_offers_every_inference_backend():
+    from rl_lib.inference import BACKENDS
+    from rl_lib.serving import cli
+
+    assert cli.BACKENDS == BACKENDS
+
+
 def test_experiment_files_are_validated_in_one_line(tmp_path):
     from rl_lib.errors import ConfigError
     from rl_lib.serving.experiment import load_experiment_file
@@ -391,6 +399,51 @@ def test_nothing_is_lost_or_doubled_across_a_redis_restart(trained, tmp_path, mo
         assert stats["stream_length"]["decisions"] == 25 and stats["spool_backlog"] == 0
     finally:
         server.stop()
+
+
+@pytest.mark.skipif(not HAS_REDIS, reason="redis-server is not installed (apt-get install redis-server)")
+def test_a_retry_reaching_a_restarted_service_gets_the_logged_decision(trained, tmp_path, monkeypatch):
+    from rl_lib.serving.redis_server import LocalRedis
+
+    with LocalRedis(tmp_path / "redis", port=0) as server:
+        experiment = {**AB, "unit": "booking"}
+        first, client = make_client(trained["fleet"], tmp_path / "a", monkeypatch, experiment, server.url)
+        bodies = [{**request_body(trained, b), "decision_id": f"r{b}"} for b in range(8)]
+        answers = [client.post("/v1/decisions", json=b, headers=AUTH).json() for b in bodies]
+        # Another process (a restart, a replica) with another salt would decide differently: it must
+        # answer what was logged.
+        other = {**experiment, "salt": "another"}
+        second, client2 = make_client(trained["fleet"], tmp_path / "b", monkeypatch, other, server.url)
+        again = [client2.post("/v1/decisions", json=b, headers=AUTH).json() for b in bodies]
+        assert again == answers
+        assert second.log.counters.duplicates == 8 and second.log.stream_lengths()["rl_lib:decisions"] == 8
+        refused = next((a for a in answers if a["action"] == "refuse"), None)
+        if refused is not None:
+            response = client.post("/v1/outcomes", json={"decision_id": refused["decision_id"],
+                                                         "status": "cancelled"}, headers=AUTH)  # fmt: skip
+            assert response.status_code == 422 and response.json()["detail"][0]["loc"] == [
+                "body",
+                "decision_id",
+            ]
+        first.log.close()
+        second.log.close()
+
+
+def test_a_torn_spool_line_never_swallows_the_next_record(tmp_path):
+    spool_dir = tmp_path / "spool"
+    spool_dir.mkdir()
+    (spool_dir / "t-999999999.jsonl").write_text('{"stream": "t:decisions", "key": "decision:1", "rec')
+    log = DecisionLog(None, spool_dir, prefix="t", retry_s=60)
+    log.append_decision({"decision_id": "2"})
+    lines = log.spool.read_text().splitlines()
+    assert len(lines) == 2 and json.loads(lines[1])["key"] == "decision:2"
+    # A claim whose claimer died is adopted in turn; another prefix's files are left alone.
+    (spool_dir / "t-5.jsonl.claimed-999999998").write_text(lines[1] + "\n")
+    (spool_dir / "t-lib-7.jsonl").write_text(lines[1] + "\n")
+    log.close()
+    again = DecisionLog(None, spool_dir, prefix="t", retry_s=60)
+    assert again.backlog == 3 and (spool_dir / "t-lib-7.jsonl").exists()
+    again.close()
 
 
 @pytest.mark.skipif(not HAS_REDIS, reason="redis-server is not installed (apt-get install redis-server)")

@@ -15,6 +15,10 @@ One concept per module, imported lazily (``rl-lib serve`` pulls FastAPI in; the 
 - :mod:`~rl_lib.serving.dashboard`: the self-contained monitoring page (server-rendered SVG);
 - :mod:`~rl_lib.serving.app`: the FastAPI application;
 - :mod:`~rl_lib.serving.simulator`: plays test days against a running service over HTTP;
-- :mod:`~rl_lib.serving.ab_report`: the A/B report from the logs;
+- :mod:`~rl_lib.serving.ab_report` and :mod:`~rl_lib.serving.ab_cli`: the A/B report from the logs
+  (``rl-lib ab report``);
+- :mod:`~rl_lib.serving.redis_server`, :mod:`~rl_lib.serving.server`, :mod:`~rl_lib.serving.cli`,
+  :mod:`~rl_lib.serving.demo`: a local redis-server, assembling and running the service, its
+  commands, the end-to-end demo;
 - :mod:`~rl_lib.serving.bench`: decisions/s and latency over HTTP next to the in-process Dispatcher.
 """

@@ -40,7 +40,7 @@ from rl_lib.serving.schemas import (
     OutcomeRequest,
     OutcomeResponse,
 )
-from rl_lib.serving.service import DispatchService, FleetSizeError
+from rl_lib.serving.service import DispatchService, FleetSizeError, RefusedDecisionError
 
 MAX_BODY_BYTES = 1 << 20  # a full batch of 256 requests with 256-vehicle fleets stays far below
 
@@ -148,7 +148,12 @@ def create_app(service: DispatchService, security: Security) -> FastAPI:
 
     @app.post("/v1/outcomes", response_model=OutcomeResponse, dependencies=[Depends(require_token)])
     async def outcome(outcome: OutcomeRequest):
-        return OutcomeResponse(decision_id=outcome.decision_id, recorded=service.record_outcome(outcome))
+        try:
+            return OutcomeResponse(decision_id=outcome.decision_id, recorded=service.record_outcome(outcome))
+        except RefusedDecisionError as exc:
+            service.monitor.rejected.labels("422").inc()
+            return JSONResponse({"detail": [{"loc": ["body", "decision_id"], "msg": str(exc),
+                                             "type": "refused_decision"}]}, 422)  # fmt: skip
 
     @app.get("/healthz")
     async def healthz():

@@ -10,6 +10,9 @@ import os
 from rl_lib.argtypes import positive_int
 from rl_lib.errors import UserError
 
+# rl_lib.inference.BACKENDS, spelled out: importing it here would load numpy and the env for --help.
+BACKENDS = ("torch", "onnx", "onnx-int8", "onnx-int8-static")
+
 
 def _port(text: str) -> int:
     value = int(text) if text.isdigit() else -1
@@ -94,7 +97,7 @@ def add_serve_command(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("serve", help="the dispatch service (HTTP API, A/B arms, decision log, dashboard)")
     p.add_argument("--model", help="a DQN run dir (its best model; sha256-checked)")
     p.add_argument("--experiment", help="experiments/*.yaml (default: the model decides everything)")
-    p.add_argument("--backend", default="auto", choices=("auto", "torch", "onnx", "onnx-int8"),
+    p.add_argument("--backend", default="auto", choices=("auto", *BACKENDS),
                    help="auto: ONNX FP32 when exported from this model (exact), else torch")  # fmt: skip
     p.add_argument("--host", default="127.0.0.1", help="bind address (default 127.0.0.1)")
     p.add_argument("--port", type=_port, default=8000)

@@ -5,25 +5,34 @@ their dtype and shape), appended with ``XADD ... MAXLEN ~`` to ``{prefix}:decisi
 ``{prefix}:outcomes`` under the field ``record``. Never pickle: whoever can write to Redis must not
 be able to run code in the trainer that reads it.
 
-**Exactly once.** An append is a Lua script that sets ``{prefix}:seen:{key}`` (NX, with a TTL) and
-adds the entry only if that key was new, atomically: a record replayed from the spool, or a client
-retrying a decision id, is never in the stream twice.
+**Exactly once.** An append is a Lua script that adds the entry only if ``{prefix}:seen:{key}`` does
+not exist, then sets that key (with a TTL) to the new entry's id, atomically: a record replayed from
+the spool, or a client retrying a decision id, is never in the stream twice. For a duplicate the
+script returns the first entry's id, so the service can answer a retry (even one that reaches
+another replica, or this one after a restart) with the decision that was logged, not a new one.
 
 **Redis away.** When an append fails, the record goes to the spool (JSON lines, flushed and
 fsynced before the request is answered) and so do all later records until the spool is empty
 again, which keeps the order. A background thread retries every ``retry_s``; it replays the spool
-through the same idempotent script, then truncates it. A crash mid-replay replays again: the seen
-keys drop what already landed. Counters (spooled, replayed, dropped duplicates) feed the metrics.
+through the same idempotent script, then rewrites it atomically without what landed. A crash
+mid-replay replays again: the seen keys drop what already landed. A line torn by a crash mid-write
+belongs to a request that was never answered; it is ended with a newline before anything else is
+appended (so it cannot swallow the next record) and dropped at replay. Counters (spooled,
+replayed, dropped duplicates, torn lines) feed the metrics. While Redis is away, a retried decision
+id unknown to this process cannot be checked against the log: it is decided again, and the replay
+keeps the first record.
 
 **Several processes** (uvicorn workers, replicas on one host) each spool to their own file,
 ``{spool_dir}/{prefix}-{pid}.jsonl``; a process that starts adopts the spool files of processes that
-are gone (claimed by an atomic rename, so two never adopt the same file) and replays them first.
+are gone (claimed by an atomic rename to ``...jsonl.claimed-{pid}``, so two never adopt the same
+file; a claim whose claimer died is adopted in turn) and replays them first.
 """
 
 from __future__ import annotations
 
 import json
 import os
+import re
 import threading
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -31,15 +40,21 @@ from pathlib import Path
 
 import numpy as np
 
+from rl_lib.io import atomic_write_text
+
 DECISION_SCHEMA = "rl_lib.decision/1"
 OUTCOME_SCHEMA = "rl_lib.outcome/1"
 
 # KEYS[1] stream, KEYS[2] seen-key; ARGV[1] approximate maxlen, ARGV[2] record, ARGV[3] seen TTL (s).
+# Returns {1, new entry id} or {0, the first entry's id}.
 _APPEND = """
-if redis.call('SET', KEYS[2], '1', 'NX', 'EX', tonumber(ARGV[3])) then
-  return redis.call('XADD', KEYS[1], 'MAXLEN', '~', tonumber(ARGV[1]), '*', 'record', ARGV[2])
+local first = redis.call('GET', KEYS[2])
+if first then
+  return {0, first}
 end
-return false
+local id = redis.call('XADD', KEYS[1], 'MAXLEN', '~', tonumber(ARGV[1]), '*', 'record', ARGV[2])
+redis.call('SET', KEYS[2], id, 'EX', tonumber(ARGV[3]))
+return {1, id}
 """
 
 
@@ -64,6 +79,7 @@ class LogCounters:
     spooled: int = 0
     replayed: int = 0
     duplicates: int = 0
+    torn_lines: int = 0
     redis_errors: int = 0
 
 
@@ -93,6 +109,7 @@ class DecisionLog:
         self.spool_dir.mkdir(parents=True, exist_ok=True)
         self.spool = self.spool_dir / f"{self.prefix}-{os.getpid()}.jsonl"
         self._adopt_orphans()
+        _end_torn_line(self.spool)
         self._lock = threading.Lock()
         self._client = None
         self._script = None
@@ -110,8 +127,10 @@ class DecisionLog:
     def outcomes_stream(self) -> str:
         return f"{self.prefix}:outcomes"
 
-    def append_decision(self, record: dict) -> None:
-        self._append(self.decisions_stream, f"decision:{record['decision_id']}", record)
+    def append_decision(self, record: dict) -> dict | None:
+        """Log a decision; returns the record logged first under its decision id when this one is a
+        duplicate (None otherwise, or when Redis is away)."""
+        return self._append(self.decisions_stream, f"decision:{record['decision_id']}", record)
 
     def append_outcome(self, record: dict) -> None:
         self._append(self.outcomes_stream, f"outcome:{record['decision_id']}", record)
@@ -146,49 +165,66 @@ class DecisionLog:
     # ---------------------------------------------------------------- internals
     def _adopt_orphans(self) -> None:
         """Append the spools of dead processes to ours (before any record of ours)."""
-        for path in sorted(self.spool_dir.glob(f"{self.prefix}-*.jsonl")):
-            pid = path.stem.rsplit("-", 1)[-1]
-            if path == self.spool or not pid.isdigit() or _alive(int(pid)):
+        own = re.compile(rf"{re.escape(self.prefix)}-(\d+)\.jsonl(?:\.claimed-(\d+))?")
+        for path in sorted(self.spool_dir.iterdir()):
+            match = own.fullmatch(path.name)
+            if path == self.spool or match is None:
                 continue
-            claimed = path.with_name(f"{path.name}.claimed-{os.getpid()}")
+            owner = int(match.group(2) or match.group(1))  # a claim belongs to its claimer
+            if owner == os.getpid() or _alive(owner):
+                continue
+            claimed = self.spool_dir / f"{self.prefix}-{match.group(1)}.jsonl.claimed-{os.getpid()}"
             try:
                 os.replace(path, claimed)  # atomic: only one process wins a file
             except FileNotFoundError:
                 continue
+            _end_torn_line(self.spool)
+            _end_torn_line(claimed)
             with self.spool.open("a", encoding="utf-8") as out:
                 out.write(claimed.read_text(encoding="utf-8"))
                 out.flush()
                 os.fsync(out.fileno())
             claimed.unlink()
 
-    def _append(self, stream: str, key: str, record: dict) -> None:
+    def _append(self, stream: str, key: str, record: dict) -> dict | None:
         text = json.dumps(record, separators=(",", ":"), allow_nan=False)
         with self._lock:
-            if self._spooled_lines == 0 and self._try_append(stream, key, text):
-                return
+            if self._spooled_lines == 0:
+                landed = self._try_append(stream, key, text)
+                if landed is not None:
+                    return None if landed == "" else self._first_record(stream, landed)
             with self.spool.open("a", encoding="utf-8") as f:
                 f.write(json.dumps({"stream": stream, "key": key, "record": text}) + "\n")
                 f.flush()
                 os.fsync(f.fileno())
             self._spooled_lines += 1
             self.counters.spooled += 1
+            return None
 
-    def _try_append(self, stream: str, key: str, text: str) -> bool:
+    def _try_append(self, stream: str, key: str, text: str) -> str | None:
+        """None when Redis failed; "" when the record was added; else the first entry's id."""
         client = self._redis()
         if client is None:
-            return False
+            return None
         try:
-            added = self._script(keys=[stream, f"{self.prefix}:seen:{key}"],
-                                 args=[self.maxlen, text, self.seen_ttl_s])  # fmt: skip
+            added, entry_id = self._script(keys=[stream, f"{self.prefix}:seen:{key}"],
+                                           args=[self.maxlen, text, self.seen_ttl_s])  # fmt: skip
         except Exception:
             self.counters.redis_errors += 1
             self._client = None  # reconnect on the next attempt
-            return False
-        if added is None:
-            self.counters.duplicates += 1
-        else:
+            return None
+        if int(added):
             self.counters.appended += 1
-        return True
+            return ""
+        self.counters.duplicates += 1
+        return str(entry_id)
+
+    def _first_record(self, stream: str, entry_id: str) -> dict | None:
+        try:
+            entries = self._client.xrange(stream, entry_id, entry_id)
+        except Exception:
+            return None
+        return json.loads(entries[0][1]["record"]) if entries else None  # None: trimmed by MAXLEN
 
     def _redis(self):
         if self._client is None and self.connect is not None:
@@ -217,18 +253,29 @@ class DecisionLog:
                     entry = json.loads(line)
                 except ValueError:  # a line torn by a crash mid-write: its request was never answered
                     done += 1
+                    self.counters.torn_lines += 1
                     continue
-                if not self._try_append(entry["stream"], entry["key"], entry["record"]):
+                if self._try_append(entry["stream"], entry["key"], entry["record"]) is None:
                     break
                 done += 1
             if done:
                 rest = lines[done:]
-                tmp = self.spool.with_suffix(".tmp")
-                tmp.write_text("".join(line + "\n" for line in rest), encoding="utf-8")
-                os.replace(tmp, self.spool)
+                atomic_write_text(self.spool, "".join(line + "\n" for line in rest))
                 self._spooled_lines = len(rest)
                 self.counters.replayed += done
             return done
+
+
+def _end_torn_line(path: Path) -> None:
+    """End a last line torn by a crash, so the next record starts on a line of its own."""
+    if not path.is_file() or path.stat().st_size == 0:
+        return
+    with path.open("rb+") as f:
+        f.seek(-1, os.SEEK_END)
+        if f.read(1) != b"\n":
+            f.write(b"\n")
+            f.flush()
+            os.fsync(f.fileno())
 
 
 def _alive(pid: int) -> bool:

@@ -30,6 +30,23 @@ class FleetSizeError(ValueError):
     """The model cannot read this fleet (the app answers 422 on the ``fleet`` field)."""
 
 
+class RefusedDecisionError(ValueError):
+    """An outcome for a refusal (the app answers 422 on ``decision_id``)."""
+
+
+def response_from_record(record: dict) -> DecisionResponse:
+    """The answer a logged decision record stands for (a retry gets the decision that was logged)."""
+    assigned = record["vehicle_id"] is not None
+    mask = record["mask"]["data"]
+    return DecisionResponse(
+        decision_id=record["decision_id"], booking_id=record["booking_id"],
+        action="assign" if assigned else "refuse", vehicle_id=record["vehicle_id"],
+        vehicle_index=record["action"] if assigned else None, arm=record["arm"], unit=record["unit"],
+        policy=record["policy"], model_version=record["model_version"],
+        feasible_vehicles=int(sum(mask[:-1])), decision_ms=record["decision_ms"],
+    )  # fmt: skip
+
+
 @dataclass
 class DispatchService:
     model: ModelPolicy
@@ -113,8 +130,9 @@ class DispatchService:
             vehicle_index=choice.action if assigned else None, arm=arm, unit=unit, policy=choice.policy,
             model_version=version, feasible_vehicles=int(ins.n_feasible), decision_ms=1e3 * seconds,
         )  # fmt: skip
-        self.log.append_decision({
+        first = self.log.append_decision({
             "schema": DECISION_SCHEMA, "decision_id": decision_id, "time_unix": time.time(),
+            "experiment": self.experiment.name,
             "service_day": request.service_day.isoformat(), "region": request.region,
             "now_min": float(request.now_min), "booking_id": request.booking.booking_id,
             "priority": request.booking.priority, "mobility": request.booking.mobility,
@@ -126,6 +144,10 @@ class DispatchService:
             "mask": array_field(state.mask), "reward_at_decision": reward, "planned": planned,
             "decision_ms": 1e3 * seconds,
         })  # fmt: skip
+        if first is not None:  # a retry this process did not remember: answer what was logged
+            response = response_from_record(first)
+            self._remember(self._answered, decision_id, response)
+            return response
         self._remember(self._answered, decision_id, response)
         self.monitor.decided(decision_id, arm, choice.policy, assigned, seconds, choice.fallback_reason)
         self._sync_log_metrics()
@@ -133,9 +155,17 @@ class DispatchService:
 
     # --------------------------------------------------------------- outcomes
     def record_outcome(self, outcome: OutcomeRequest) -> bool:
-        """Log an outcome; False when this decision's outcome was already recorded here."""
+        """Log an outcome; False when this decision's outcome was already recorded here.
+
+        :raises RefusedDecisionError: the decision (known to this process) refused the booking.
+        """
         if outcome.decision_id in self._outcomes_seen:
             return False
+        decided = self._answered.get(outcome.decision_id)
+        if decided is not None and decided.action == "refuse":
+            raise RefusedDecisionError(
+                f"decision {outcome.decision_id} refused its booking: there is no trip"
+            )
         self.log.append_outcome({"schema": OUTCOME_SCHEMA, "time_unix": time.time(),
                                  **outcome.model_dump(mode="json")})  # fmt: skip
         self._remember(self._outcomes_seen, outcome.decision_id, None)

@@ -141,6 +141,7 @@ LABELS: dict[str, dict[str, str]] = {
     "torch": {"fr": "PyTorch", "en": "PyTorch"},
     "onnx": {"fr": "ONNX Runtime FP32", "en": "ONNX Runtime FP32"},
     "onnx-int8": {"fr": "ONNX Runtime INT8", "en": "ONNX Runtime INT8"},
+    "onnx-int8-static": {"fr": "ONNX Runtime INT8 statique", "en": "ONNX Runtime static INT8"},
     "backend": {"fr": "Moteur d'inférence", "en": "Inference backend"},
     "latency_ms": {"fr": "Latence d'une décision (ms)", "en": "Latency of one decision (ms)"},
     "throughput": {"fr": "Décisions par seconde", "en": "Decisions per second"},

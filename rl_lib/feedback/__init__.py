@@ -1,0 +1,12 @@
+"""The feedback loop (optional extra): logged experience -> daily retraining -> promotion on evidence.
+
+One concept per module, each imported only where it is used (this package imports nothing):
+
+- :mod:`~rl_lib.feedback.registry`: the model registry: immutable, sha256-sealed versions with
+  their lineage and metrics, the production pointer, promotions, rollbacks and their decision records;
+- :mod:`~rl_lib.feedback.cli`: ``rl-lib registry list | show | register | promote | rollback``;
+- :mod:`~rl_lib.feedback.transitions`, :mod:`~rl_lib.feedback.store`, :mod:`~rl_lib.feedback.collect`:
+  experience collection from the service's Redis streams into a Parquet store;
+- :mod:`~rl_lib.feedback.retrain`, :mod:`~rl_lib.feedback.gate`: daily retraining and the promotion gate;
+- :mod:`~rl_lib.feedback.tasks` (coming): the Celery app that runs them.
+"""
