@@ -227,6 +227,7 @@ def train(
     # 3. Agent.
     tensorboard = str(run_dir / "tensorboard")
     extra: dict = {}
+    started: dict = {}  # what a fresh run records of how it started (a resume keeps the record's)
     if latest is not None:
         model, extra = load_checkpoint(latest, train_env, t.algo, device)
         model.tensorboard_log = tensorboard
@@ -236,11 +237,12 @@ def train(
         if previous is not None:
             log(f"{run_dir}: no valid checkpoint yet; starting from scratch")
         model = build_model(t, train_env, device, tensorboard)
+        started = dict(metadata or {})
         if init_model is not None:
             load_weights(model, Path(init_model))
-        fresh = {"init_model": init_model and str(init_model), **(metadata or {})}
+            started["init_model"] = str(init_model)
         if prefill is not None:
-            fresh["prefilled_transitions"] = int(prefill(model))
+            started["prefilled_transitions"] = int(prefill(model))
     record = RunRecord.start(
         manager,
         previous,
@@ -253,7 +255,7 @@ def train(
         checkpoint_freq=checkpoint_freq,
         eval_freq=eval_freq,
         disk_budget_bytes=disk_budget,
-        **(fresh if latest is None else {}),
+        **started,
     )
     manager.on_event = record.checkpoint_event
 

@@ -9,7 +9,8 @@ endpoint                    auth    what
 ``POST /v1/outcomes``       token   what happened to a decided booking (pickup, lateness, deadhead km,
                                     or a cancellation); recorded once per decision id
 ``GET /healthz``                    the process answers
-``GET /readyz``                     ready to decide; says whether the model or its fallback decides
+``GET /readyz``                     ready to decide; says whether the model or its fallback decides,
+                                    and why the last model update failed (a registry's promotion)
 ``GET /metrics``                    Prometheus text format
 ``GET /v1/stats``                   the dashboard's figures as JSON
 ``GET /dashboard``                  the monitoring page (self-contained, refreshes itself)
@@ -167,6 +168,7 @@ def create_app(service: DispatchService, security: Security) -> FastAPI:
             "decides_with": "model" if model.ready else "fallback",
             "model_version": model.version,
             "model_error": model.load_error,
+            "model_update_error": service.model_update_error,
             "redis": service.log.redis_up(),
             "spool_backlog": service.log.backlog,
         }

@@ -33,18 +33,29 @@ def _speed(text: str) -> float | None:
     return value
 
 
+def _seconds(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        value = -1.0
+    if not (math.isfinite(value) and value > 0):
+        raise argparse.ArgumentTypeError(f"expected a positive number of seconds, got {text!r}")
+    return value
+
+
 def cmd_serve(args: argparse.Namespace) -> int:
     from rl_lib.serving.server import ServeOptions, ensure_token_file, serve
 
     if args.model is None:
-        raise UserError("rl-lib serve: --model RUN_DIR is required (a DQN run dir)")
+        raise UserError("rl-lib serve: --model is required (a DQN run dir or a model registry folder)")
     token_file = args.token_file
     if token_file is None and not os.environ.get("RL_LIB_SERVICE_TOKEN") and args.start_redis:
         token_file = str(ensure_token_file(os.path.join(args.state_dir, "token")))  # local use: make one
         print(f"token: {token_file}", flush=True)
     options = ServeOptions(model=args.model, experiment=args.experiment, backend=args.backend,
                            redis_url=args.redis_url, redis_password_file=args.redis_password_file,
-                           token_file=token_file, state_dir=args.state_dir)  # fmt: skip
+                           token_file=token_file, state_dir=args.state_dir,
+                           watch_interval_s=args.watch_interval)  # fmt: skip
     serve(options, args.host, args.port, start_redis=args.start_redis)
     return 0
 
@@ -95,7 +106,10 @@ def cmd_bench_serve(args: argparse.Namespace) -> int:
 
 def add_serve_command(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("serve", help="the dispatch service (HTTP API, A/B arms, decision log, dashboard)")
-    p.add_argument("--model", help="a DQN run dir (its best model; sha256-checked)")
+    p.add_argument("--model", help="a DQN run dir (its best model; sha256-checked), or a model registry "
+                   "folder (its production version, swapped when another is promoted)")  # fmt: skip
+    p.add_argument("--watch-interval", type=_seconds, default=2.0, metavar="SECONDS",
+                   help="how often a registry's production pointer is read (default 2)")  # fmt: skip
     p.add_argument("--experiment", help="experiments/*.yaml (default: the model decides everything)")
     p.add_argument("--backend", default="auto", choices=("auto", *BACKENDS),
                    help="auto: ONNX FP32 when exported from this model (exact), else torch")  # fmt: skip

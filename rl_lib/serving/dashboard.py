@@ -1,11 +1,12 @@
 """The monitoring page of the dispatch service (``GET /dashboard``): one self-contained HTML page.
 
 It shows the figures of ``GET /v1/stats`` (:meth:`DispatchService.stats`): the live model (version,
-backend, whether it decides) and the experiment; decisions in the last minute by arm and by deciding
-policy; decision latency p50 / p95 / p99; per arm the completion rate, on-time rate and deadhead km
-of the outcomes reported, each with its 95 % bootstrap interval; the decision and outcome stream
-lengths, the spool backlog and the log counters. Each section draws its figures as inline SVG,
-rendered here on the server, next to a table of the same numbers.
+registry version, backend, whether it decides, swaps and failed updates) and the experiment;
+decisions in the last minute by arm and by deciding policy; decision latency p50 / p95 / p99; per
+arm the completion rate, on-time rate and deadhead km of the outcomes reported, each with its 95 %
+bootstrap interval; the decision and outcome stream lengths, the spool backlog and the log counters.
+Each section draws its figures as inline SVG, rendered here on the server, next to a table of the
+same numbers.
 
 Nothing is loaded from elsewhere (no CDN, no font, no image): the service runs on machines without
 internet. A small inline script fetches ``/dashboard`` every 2 s and swaps the ``#content`` element
@@ -154,8 +155,12 @@ def _interval_chart(title: str, rows: list[tuple[str, str, dict]], kind: str, up
 # ----------------------------------------------------------------- sections
 MODEL_FIGURES = (  # name shown, key in the stats, format
     ("model version", "model_version", "text"),
+    ("registry version", "model_registry_version", "text"),
     ("model decides", "model_ready", "flag"),
     ("backend", "model_backend", "text"),
+    ("model swaps", "model_swaps", "count"),
+    ("failed model updates", "model_load_failures", "count"),
+    ("last update error", "model_update_error", "text"),
     ("experiment", "experiment", "text"),
 )
 

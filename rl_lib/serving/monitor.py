@@ -63,6 +63,10 @@ class Monitor:
         self.spooled = Gauge("rl_lib_spooled_records", "Log records ever spooled", registry=r)
         self.replayed = Gauge("rl_lib_replayed_records", "Spooled records replayed into Redis", registry=r)
         self.model_info = Gauge("rl_lib_model_loaded", "1 when the model decides", ["version"], registry=r)
+        self.model_swaps = Counter("rl_lib_model_swaps", "Models swapped in while serving", registry=r)
+        self.model_load_failures = Counter("rl_lib_model_load_failures",
+                                           "Promoted models that failed to load (the live one kept)",
+                                           registry=r)  # fmt: skip
         self._lock = threading.Lock()
         self._n_resamples, self._ci_window, self._refresh_s = n_resamples, ci_window, refresh_s
         self._cached: tuple[float, dict] | None = None

@@ -51,13 +51,16 @@ def heuristic_action(name: str, state: FleetState) -> int:
 class ModelPolicy:
     """A run's best model as a masked greedy policy, or nothing (``load_error`` says why).
 
-    :param source: a DQN run dir.
+    :param source: a DQN run dir, or a model registry's version folder (the same layout).
     :param backend: ``"auto"`` (ONNX FP32 when exported from this model, else torch), or a
         :data:`rl_lib.inference.BACKENDS` value.
+    :param registry_version: the registry version ``source`` is (``v0002``), or None for a run dir;
+        it leads :attr:`version` (``v0002:tiny-seed0@0123456789ab``), so every decision names it.
     """
 
     source: Path
     backend: str = "auto"
+    registry_version: str | None = None
     version: str | None = None
     load_error: str | None = None
     config: ExperimentConfig = field(default_factory=ExperimentConfig)
@@ -65,8 +68,10 @@ class ModelPolicy:
     _transfer: Dispatcher | None = None  # torch, for fleets of another size than the ONNX graph's
 
     @classmethod
-    def load(cls, source: str | Path, backend: str = "auto") -> ModelPolicy:
-        policy = cls(Path(source), backend)
+    def load(
+        cls, source: str | Path, backend: str = "auto", registry_version: str | None = None
+    ) -> ModelPolicy:
+        policy = cls(Path(source), backend, registry_version)
         try:
             policy._load()
         except Exception as exc:  # a service that cannot load its model still decides (fallback)
@@ -98,7 +103,8 @@ class ModelPolicy:
             if torch_dispatcher.any_fleet_size:  # a fleet network reads any fleet size; ONNX one
                 self._transfer = torch_dispatcher
         self.backend = backend
-        self.version = f"{meta['name']}-seed{meta['seed']}@{digest[:12]}"
+        model_id = f"{meta['name']}-seed{meta['seed']}@{digest[:12]}"
+        self.version = f"{self.registry_version}:{model_id}" if self.registry_version else model_id
 
     @property
     def ready(self) -> bool:

@@ -1,5 +1,11 @@
 """Assemble and run the service: model, experiment, decision log, token; uvicorn on 127.0.0.1.
 
+The model is a DQN run dir's best model, or a model registry's production version
+(:mod:`rl_lib.feedback.registry`): then a :class:`~rl_lib.serving.service.ProductionWatcher` polls
+the production pointer every ``watch_interval_s`` seconds and hot-swaps each newly promoted version
+in, once it has verified and loaded. A registry without a production version yet is served by the
+fallback until the first promotion.
+
 Configuration comes from options and the environment, secrets from the environment or files only:
 
 =========================  =======================================================================
@@ -22,12 +28,13 @@ from pathlib import Path
 from urllib.parse import urlsplit
 
 from rl_lib.errors import UserError
+from rl_lib.feedback.registry import ModelRegistry, is_registry
 from rl_lib.serving.app import Security, create_app, read_secret
 from rl_lib.serving.decision_log import DecisionLog, redis_connector
 from rl_lib.serving.experiment import load_experiment_file
 from rl_lib.serving.monitor import Monitor
 from rl_lib.serving.policy import ModelPolicy
-from rl_lib.serving.service import DispatchService
+from rl_lib.serving.service import DispatchService, ProductionWatcher, load_version
 
 
 @dataclass(frozen=True)
@@ -40,6 +47,7 @@ class ServeOptions:
     token_file: str | None = None
     state_dir: str = "results/serve"
     stream_prefix: str = "rl_lib"
+    watch_interval_s: float = 2.0
 
 
 def build_service(options: ServeOptions, redis_url: str | None = None) -> tuple[DispatchService, Security]:
@@ -62,12 +70,32 @@ def build_service(options: ServeOptions, redis_url: str | None = None) -> tuple[
         raise UserError(
             "the Redis URL carries a password: pass it in RL_LIB_REDIS_PASSWORD or a file instead"
         )
+    if not options.watch_interval_s > 0:
+        raise UserError(f"the registry poll interval must be positive, got {options.watch_interval_s}")
     experiment = load_experiment_file(options.experiment)
-    model = ModelPolicy.load(options.model, options.backend)
+    registry, version = None, None
+    if is_registry(options.model):
+        registry = ModelRegistry(options.model)
+        version = registry.production()
+        model = (load_version(registry, version, options.backend) if version else
+                 ModelPolicy(Path(options.model), options.backend, load_error=f"{options.model}: no "
+                             "production version yet (rl-lib registry promote V)"))  # fmt: skip
+    else:
+        model = ModelPolicy.load(options.model, options.backend)
     state = Path(options.state_dir)
     connect = redis_connector(url, os.environ.get("RL_LIB_REDIS_USERNAME"), password) if url else None
     log = DecisionLog(connect, state / "spool", prefix=options.stream_prefix)
-    return DispatchService(model, experiment, log, Monitor()), security
+    service = DispatchService(model, experiment, log, Monitor())
+    if registry is not None:
+        if version is not None and not model.ready:  # the production version itself does not load
+            service.model_update_failed(model.load_error)
+        service.watcher = ProductionWatcher(service, registry, options.watch_interval_s, options.backend,
+                                            seen=version, log=_say).start()  # fmt: skip
+    return service, security
+
+
+def _say(line: str) -> None:
+    print(line, flush=True)
 
 
 #: Environment of :func:`app_from_env` (one process per uvicorn worker reads it).
@@ -110,12 +138,14 @@ def serve(
         service, security = build_service(options, local.url if local else None)
         model = service.model
         decides = model.version or f"NOT LOADED, insertion decides: {model.load_error}"
+        if service.watcher is not None:
+            decides += f"; following {options.model} (every {options.watch_interval_s:g} s)"
         print(f"model: {decides}; experiment: {service.experiment.name}; http://{host}:{port}/dashboard",
               flush=True)  # fmt: skip
         uvicorn.run(
             create_app(service, security), host=host, port=port, log_level="warning", access_log=False
         )
-        service.log.close()
+        service.close()
     finally:
         if local is not None:
             local.stop()

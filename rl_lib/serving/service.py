@@ -7,14 +7,23 @@ it is answered, and the monitor counts it. A retried ``decision_id`` gets its fi
 is logged once. The model can be swapped while requests are in flight (:meth:`swap_model`): each
 request reads the model once, so it finishes on the model it started with, and its response names
 that model's version.
+
+:class:`ProductionWatcher` swaps it when the service follows a model registry
+(:mod:`rl_lib.feedback.registry`): it polls the production pointer and swaps in each newly promoted
+version once it has verified and loaded, so the experiment's ``model`` arm is always the production
+model; a version that fails keeps the live model, and the stats and metrics say so.
 """
 
 from __future__ import annotations
 
+import threading
 import time
 import uuid
 from collections import OrderedDict
+from collections.abc import Callable
 from dataclasses import dataclass
+from pathlib import Path
+from typing import Protocol
 
 from rl_lib.serving.decision_log import DECISION_SCHEMA, OUTCOME_SCHEMA, DecisionLog, array_field
 from rl_lib.serving.experiment import Experiment
@@ -57,13 +66,32 @@ class DispatchService:
     def __post_init__(self) -> None:
         self._answered: OrderedDict[str, DecisionResponse] = OrderedDict()
         self._outcomes_seen: OrderedDict[str, None] = OrderedDict()
+        self.model_swaps = 0
+        self.model_load_failures = 0
+        self.model_update_error: str | None = None  # why the last model update failed, until one works
+        self.watcher: ProductionWatcher | None = None
         self._set_model_metric()
 
     # ------------------------------------------------------------------ model
     def swap_model(self, model: ModelPolicy) -> None:
         """Replace the model atomically (one reference assignment); in-flight requests keep theirs."""
         self.model = model
+        self.model_swaps += 1
+        self.model_update_error = None
+        self.monitor.model_swaps.inc()
         self._set_model_metric()
+
+    def model_update_failed(self, reason: str) -> None:
+        """A new model did not load: the live one keeps deciding; counted, and shown in the stats."""
+        self.model_load_failures += 1
+        self.model_update_error = reason
+        self.monitor.model_load_failures.inc()
+
+    def close(self) -> None:
+        """Stop following the registry (when it does) and close the decision log."""
+        if self.watcher is not None:
+            self.watcher.stop()
+        self.log.close()
 
     def _set_model_metric(self) -> None:
         self.monitor.model_info.clear()
@@ -176,11 +204,16 @@ class DispatchService:
     # ------------------------------------------------------------------ views
     def stats(self) -> dict:
         lengths = self.log.stream_lengths()
+        model = self.model  # one read: the figures describe one model
         return {
             **self.monitor.stats(),
-            "model_version": self.model.version,
-            "model_ready": self.model.ready,
-            "model_backend": self.model.backend if self.model.ready else None,
+            "model_version": model.version,
+            "model_registry_version": model.registry_version,
+            "model_ready": model.ready,
+            "model_backend": model.backend if model.ready else None,
+            "model_swaps": self.model_swaps,
+            "model_load_failures": self.model_load_failures,
+            "model_update_error": self.model_update_error,
             "experiment": self.experiment.name,
             "stream_length": {
                 "decisions": lengths[self.log.decisions_stream],
@@ -199,3 +232,107 @@ class DispatchService:
         cache[key] = value
         while len(cache) > ANSWERED_CACHE:
             cache.popitem(last=False)
+
+
+# -------------------------------------------------------------- registry watch
+class Registry(Protocol):
+    """What the service reads of a model registry (:class:`rl_lib.feedback.registry.ModelRegistry`)."""
+
+    def production(self) -> str | None: ...
+
+    def version_dir(self, version: str) -> Path: ...
+
+    def verify(self, version: str) -> str | None: ...
+
+
+def load_version(registry: Registry, version: str, backend: str = "auto") -> ModelPolicy:
+    """A registry version as the service's model: verified against its manifest, then loaded
+    (:meth:`ModelPolicy.load`, sha256-checked); not ready, ``load_error`` saying why, when either fails."""
+    try:
+        source = registry.version_dir(version)
+        problem = registry.verify(version)
+    except Exception as exc:  # an unknown version, an unreadable folder
+        return ModelPolicy(Path(version), backend, version, load_error=_one_line(exc))
+    if problem is not None:
+        return ModelPolicy(source, backend, version, load_error=f"{version} fails verification: {problem}")
+    return ModelPolicy.load(source, backend, version)
+
+
+class ProductionWatcher:
+    """Follows a registry's production pointer and hot-swaps the service's model.
+
+    A daemon thread reads the pointer every ``interval_s`` seconds (:meth:`check`). When it names a
+    version other than the live one, that version is loaded (:func:`load_version`) beside the live
+    model, and only if it loaded is it swapped in (:meth:`DispatchService.swap_model`). One that does
+    not load is counted (``rl_lib_model_load_failures_total``, ``model_load_failures``), its reason is
+    shown (``model_update_error``) and logged, and the live model keeps deciding; it is not tried again
+    until the pointer moves (a version is immutable: it would fail again). An unreadable pointer is
+    counted once, however many polls find it so.
+
+    :param seen: the version the service started with (tried, loaded or not), None for none.
+    :param log: receives one line per swap or failure.
+    """
+
+    def __init__(self, service: DispatchService, registry: Registry, interval_s: float = 2.0,
+                 backend: str = "auto", seen: str | None = None,
+                 log: Callable[[str], None] = print) -> None:  # fmt: skip
+        if not interval_s > 0:
+            raise ValueError(f"the registry poll interval must be positive, got {interval_s}")
+        self.service, self.registry, self.interval_s, self.backend = service, registry, interval_s, backend
+        self.log = log
+        self._seen = seen
+        self._failure: str | None = None  # the last failure counted, so a repeated one counts once
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+
+    def start(self) -> ProductionWatcher:
+        self._thread = threading.Thread(target=self._run, name="registry-watcher", daemon=True)
+        self._thread.start()
+        return self
+
+    def stop(self, timeout_s: float = 30.0) -> None:
+        """Stop polling (a load in progress finishes first, up to ``timeout_s``)."""
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join(timeout_s)
+
+    def check(self) -> bool:
+        """Read the pointer once and follow it; True when a new model was swapped in."""
+        try:
+            version = self.registry.production()
+        except Exception as exc:  # a hand-edited pointer: the live model goes on
+            self._fail(f"unreadable production pointer: {_one_line(exc)}")
+            return False
+        self._failure = None
+        if version is None or version == self._seen:
+            return False
+        self._seen = version
+        live = self.service.model
+        if live.ready and live.registry_version == version:  # back to the live version (a rollback)
+            self.service.model_update_error = None
+            return False
+        model = load_version(self.registry, version, self.backend)
+        if not model.ready:
+            self._fail(f"{version} not loaded, {live.version or 'the fallback'} still decides: "
+                       f"{model.load_error}")  # fmt: skip
+            return False
+        self.service.swap_model(model)
+        self.log(f"model: now {model.version} (was {live.version or 'the fallback'})")
+        return True
+
+    def _run(self) -> None:
+        while not self._stop.wait(self.interval_s):
+            try:
+                self.check()
+            except Exception as exc:  # the watcher outlives any one poll
+                self._fail(f"registry poll failed: {_one_line(exc)}")
+
+    def _fail(self, reason: str) -> None:
+        if reason != self._failure:
+            self._failure = reason
+            self.service.model_update_failed(reason)
+            self.log(f"model: {reason}")
+
+
+def _one_line(exc: BaseException) -> str:
+    return f"{type(exc).__name__}: {exc}".splitlines()[0]
