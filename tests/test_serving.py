@@ -429,6 +429,35 @@ def test_a_retry_reaching_a_restarted_service_gets_the_logged_decision(trained, 
         second.log.close()
 
 
+@pytest.mark.skipif(not HAS_REDIS, reason="redis-server is not installed (apt-get install redis-server)")
+def test_concurrent_decisions_are_group_committed_in_order(trained, tmp_path, monkeypatch):
+    import asyncio
+
+    import redis
+
+    from rl_lib.serving.redis_server import LocalRedis
+
+    with LocalRedis(tmp_path / "redis", port=0) as server:
+        service, _ = make_client(trained["fleet"], tmp_path, monkeypatch, redis_url=server.url)
+        requests = [DecisionRequest.model_validate({**request_body(trained, b), "decision_id": f"g{b}"})
+                    for b in range(12)]  # fmt: skip
+        batches = []
+        write = service.log._write_batch
+        monkeypatch.setattr(
+            service.log, "_write_batch", lambda entries: batches.append(len(entries)) or write(entries)
+        )
+
+        async def burst():
+            return await asyncio.gather(*(service.decide_async([r]) for r in requests))
+
+        answers = [a[0] for a in asyncio.run(burst())]
+        entries = redis.Redis.from_url(server.url, decode_responses=True).xrange(service.log.decisions_stream)
+        assert [json.loads(f["record"])["decision_id"] for _, f in entries] == [f"g{b}" for b in range(12)]
+        assert [a.decision_id for a in answers] == [f"g{b}" for b in range(12)]
+        assert sum(batches) == 12 and len(batches) < 12  # records in flight shared a pipeline
+        service.log.close()
+
+
 def test_a_torn_spool_line_never_swallows_the_next_record(tmp_path):
     spool_dir = tmp_path / "spool"
     spool_dir.mkdir()

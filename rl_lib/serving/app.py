@@ -134,7 +134,7 @@ def create_app(service: DispatchService, security: Security) -> FastAPI:
     @app.post("/v1/decisions", response_model=DecisionResponse, dependencies=[Depends(require_token)])
     async def decide(request: DecisionRequest):
         try:
-            return service.decide([request])[0]
+            return (await service.decide_async([request]))[0]
         except FleetSizeError as exc:
             return fleet_error(exc, ["body", "fleet"])
 
@@ -145,12 +145,14 @@ def create_app(service: DispatchService, security: Security) -> FastAPI:
                 service.check_fleet(request)
             except FleetSizeError as exc:
                 return fleet_error(exc, ["body", "requests", i, "fleet"])
-        return BatchResponse(decisions=service.decide(list(batch.requests)))
+        return BatchResponse(decisions=await service.decide_async(list(batch.requests)))
 
     @app.post("/v1/outcomes", response_model=OutcomeResponse, dependencies=[Depends(require_token)])
     async def outcome(outcome: OutcomeRequest):
         try:
-            return OutcomeResponse(decision_id=outcome.decision_id, recorded=service.record_outcome(outcome))
+            return OutcomeResponse(
+                decision_id=outcome.decision_id, recorded=await service.record_outcome_async(outcome)
+            )
         except RefusedDecisionError as exc:
             service.monitor.rejected.labels("422").inc()
             return JSONResponse({"detail": [{"loc": ["body", "decision_id"], "msg": str(exc),

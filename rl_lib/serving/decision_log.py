@@ -22,6 +22,11 @@ replayed, dropped duplicates, torn lines) feed the metrics. While Redis is away,
 id unknown to this process cannot be checked against the log: it is decided again, and the replay
 keeps the first record.
 
+**Group commit.** In the service's event loop, records go through :meth:`append_decision_async`:
+the records of the requests in flight are written together (one Redis pipeline, or one spool
+fsync) by a single writer thread, and each request resumes when its own record is durable. Order
+is kept: one writer, batches in arrival order.
+
 **Several processes** (uvicorn workers, replicas on one host) each spool to their own file,
 ``{spool_dir}/{prefix}-{pid}.jsonl``; a process that starts adopts the spool files of processes that
 are gone (claimed by an atomic rename to ``...jsonl.claimed-{pid}``, so two never adopt the same
@@ -30,11 +35,13 @@ file; a claim whose claimer died is adopted in turn) and replays them first.
 
 from __future__ import annotations
 
+import asyncio
 import json
 import os
 import re
 import threading
 from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -111,6 +118,9 @@ class DecisionLog:
         self._adopt_orphans()
         _end_torn_line(self.spool)
         self._lock = threading.Lock()
+        self._writer = ThreadPoolExecutor(1, thread_name_prefix="decision-log")  # one writer: order kept
+        self._queued: list[tuple[str, str, str, asyncio.Future]] = []
+        self._flusher: asyncio.Task | None = None
         self._client = None
         self._script = None
         self._spooled_lines = _count_lines(self.spool)
@@ -130,10 +140,17 @@ class DecisionLog:
     def append_decision(self, record: dict) -> dict | None:
         """Log a decision; returns the record logged first under its decision id when this one is a
         duplicate (None otherwise, or when Redis is away)."""
-        return self._append(self.decisions_stream, f"decision:{record['decision_id']}", record)
+        return self._write_batch([self._entry(self.decisions_stream, "decision", record)])[0]
 
     def append_outcome(self, record: dict) -> None:
-        self._append(self.outcomes_stream, f"outcome:{record['decision_id']}", record)
+        self._write_batch([self._entry(self.outcomes_stream, "outcome", record)])
+
+    async def append_decision_async(self, record: dict) -> dict | None:
+        """:meth:`append_decision`, group-committed with the other records in flight."""
+        return await self._enqueue(self._entry(self.decisions_stream, "decision", record))
+
+    async def append_outcome_async(self, record: dict) -> None:
+        await self._enqueue(self._entry(self.outcomes_stream, "outcome", record))
 
     @property
     def backlog(self) -> int:
@@ -161,6 +178,7 @@ class DecisionLog:
     def close(self) -> None:
         self._stop.set()
         self._thread.join(timeout=5)
+        self._writer.shutdown(wait=True)
 
     # ---------------------------------------------------------------- internals
     def _adopt_orphans(self) -> None:
@@ -186,38 +204,75 @@ class DecisionLog:
                 os.fsync(out.fileno())
             claimed.unlink()
 
-    def _append(self, stream: str, key: str, record: dict) -> dict | None:
+    @staticmethod
+    def _entry(stream: str, kind: str, record: dict) -> tuple[str, str, str]:
         text = json.dumps(record, separators=(",", ":"), allow_nan=False)
+        return stream, f"{kind}:{record['decision_id']}", text
+
+    async def _enqueue(self, entry: tuple[str, str, str]) -> dict | None:
+        loop = asyncio.get_running_loop()
+        future = loop.create_future()
+        self._queued.append((*entry, future))
+        if self._flusher is None or self._flusher.done():
+            self._flusher = loop.create_task(self._flush())
+        return await future
+
+    async def _flush(self) -> None:
+        loop = asyncio.get_running_loop()
+        while self._queued:
+            batch, self._queued = self._queued[:256], self._queued[256:]
+            try:
+                results = await loop.run_in_executor(self._writer, self._write_batch, [b[:3] for b in batch])
+            except Exception as exc:  # the spool itself failed (disk full): those requests fail
+                for *_, future in batch:
+                    future.set_exception(exc)
+                continue
+            for (*_, future), result in zip(batch, results, strict=True):
+                future.set_result(result)
+
+    def _write_batch(self, entries: list[tuple[str, str, str]]) -> list[dict | None]:
+        """Append entries in order (one pipeline), or spool them all (one fsync); for each, the first
+        record of its key when it was a duplicate."""
         with self._lock:
             if self._spooled_lines == 0:
-                landed = self._try_append(stream, key, text)
+                landed = self._try_append_many(entries)
                 if landed is not None:
-                    return None if landed == "" else self._first_record(stream, landed)
+                    return [None if first == "" else self._first_record(stream, first)
+                            for (stream, _, _), first in zip(entries, landed, strict=True)]  # fmt: skip
             with self.spool.open("a", encoding="utf-8") as f:
-                f.write(json.dumps({"stream": stream, "key": key, "record": text}) + "\n")
+                for stream, key, text in entries:
+                    f.write(json.dumps({"stream": stream, "key": key, "record": text}) + "\n")
                 f.flush()
                 os.fsync(f.fileno())
-            self._spooled_lines += 1
-            self.counters.spooled += 1
-            return None
+            self._spooled_lines += len(entries)
+            self.counters.spooled += len(entries)
+            return [None] * len(entries)
 
-    def _try_append(self, stream: str, key: str, text: str) -> str | None:
-        """None when Redis failed; "" when the record was added; else the first entry's id."""
+    def _try_append_many(self, entries: list[tuple[str, str, str]]) -> list[str] | None:
+        """One pipeline of the idempotent script; None when Redis failed (then every entry is spooled:
+        those that did land are dropped at replay by their seen keys)."""
         client = self._redis()
         if client is None:
             return None
         try:
-            added, entry_id = self._script(keys=[stream, f"{self.prefix}:seen:{key}"],
-                                           args=[self.maxlen, text, self.seen_ttl_s])  # fmt: skip
+            pipe = client.pipeline(transaction=False)
+            for stream, key, text in entries:
+                seen = f"{self.prefix}:seen:{key}"
+                self._script(keys=[stream, seen], args=[self.maxlen, text, self.seen_ttl_s], client=pipe)
+            results = pipe.execute()
         except Exception:
             self.counters.redis_errors += 1
             self._client = None  # reconnect on the next attempt
             return None
-        if int(added):
-            self.counters.appended += 1
-            return ""
-        self.counters.duplicates += 1
-        return str(entry_id)
+        out = []
+        for added, entry_id in results:
+            if int(added):
+                self.counters.appended += 1
+                out.append("")
+            else:
+                self.counters.duplicates += 1
+                out.append(str(entry_id))
+        return out
 
     def _first_record(self, stream: str, entry_id: str) -> dict | None:
         try:
@@ -248,16 +303,19 @@ class DecisionLog:
                 return 0
             lines = self.spool.read_text(encoding="utf-8").splitlines()
             done = 0
-            for line in lines:
-                try:
-                    entry = json.loads(line)
-                except ValueError:  # a line torn by a crash mid-write: its request was never answered
-                    done += 1
-                    self.counters.torn_lines += 1
-                    continue
-                if self._try_append(entry["stream"], entry["key"], entry["record"]) is None:
-                    break
-                done += 1
+            while done < len(lines):
+                chunk, entries = lines[done : done + 256], []
+                for line in chunk:
+                    try:
+                        entry = json.loads(line)
+                    except ValueError:  # torn by a crash mid-write: its request was never answered
+                        self.counters.torn_lines += 1
+                        entry = None
+                    entries.append(entry)
+                good = [(e["stream"], e["key"], e["record"]) for e in entries if e is not None]
+                if good and self._try_append_many(good) is None:
+                    break  # Redis went away again: the rest waits
+                done += len(chunk)
             if done:
                 rest = lines[done:]
                 atomic_write_text(self.spool, "".join(line + "\n" for line in rest))

@@ -16,6 +16,7 @@ model; a version that fails keeps the live model, and the stats and metrics say 
 
 from __future__ import annotations
 
+import asyncio
 import threading
 import time
 import uuid
@@ -33,6 +34,16 @@ from rl_lib.serving.policy import FALLBACK, Choice, ModelPolicy, heuristic_actio
 from rl_lib.serving.schemas import DecisionRequest, DecisionResponse, OutcomeRequest
 
 ANSWERED_CACHE = 100_000  # decision ids remembered for idempotent retries
+
+
+@dataclass(frozen=True)
+class _Draft:
+    """A decision made, its record not yet logged."""
+
+    response: DecisionResponse
+    record: dict
+    choice: Choice
+    seconds: float
 
 
 class FleetSizeError(ValueError):
@@ -106,6 +117,23 @@ class DispatchService:
     # -------------------------------------------------------------- decisions
     def decide(self, requests: list[DecisionRequest]) -> list[DecisionResponse]:
         """Decide every request (the model's ones in one network call), log, then answer."""
+        drafts, answers = self._decide(requests)
+        for draft in drafts:
+            self._settle(draft, self.log.append_decision(draft.record))
+        return self._collect_answers(requests, answers)
+
+    async def decide_async(self, requests: list[DecisionRequest]) -> list[DecisionResponse]:
+        """:meth:`decide` for the event loop: the log appends of concurrent requests are written to
+        Redis together (:meth:`DecisionLog.append_decision_async`), each request answered once its
+        own record is durable."""
+        drafts, answers = self._decide(requests)
+        firsts = await asyncio.gather(*(self.log.append_decision_async(d.record) for d in drafts))
+        for draft, first in zip(drafts, firsts, strict=True):
+            self._settle(draft, first)
+        return self._collect_answers(requests, answers)
+
+    def _decide(self, requests: list[DecisionRequest]) -> tuple[list[_Draft], list[DecisionResponse | None]]:
+        """The decisions of the requests not answered before, as drafts to log; the cached answers."""
         start = time.perf_counter()
         model = self.model  # one read: the whole batch decides on one model
         for request in requests:
@@ -128,15 +156,23 @@ class DispatchService:
             if arm.policy != "model":
                 choices[j] = Choice(heuristic_action(arm.policy, states[j]), arm.policy)
         per_request = (time.perf_counter() - start) / max(len(fresh), 1)
-        responses: list[DecisionResponse | None] = [None] * len(requests)
-        for j, i in enumerate(fresh):
-            responses[i] = self._answer(requests[i], states[j], units[j], arms[j].name, choices[j], model,
-                                        per_request)  # fmt: skip
-        return [r if r is not None else self._answered[q.decision_id]
-                for r, q in zip(responses, requests, strict=True)]  # fmt: skip
+        drafts = [self._draft(requests[i], states[j], units[j], arms[j].name, choices[j], model, per_request)
+                  for j, i in enumerate(fresh)]  # fmt: skip
+        answers: list[DecisionResponse | None] = [None] * len(requests)
+        for draft, i in zip(drafts, fresh, strict=True):
+            answers[i] = draft.response
+        return drafts, answers
 
-    def _answer(self, request: DecisionRequest, state: FleetState, unit: str, arm: str, choice: Choice,
-                model: ModelPolicy, seconds: float) -> DecisionResponse:  # fmt: skip
+    def _collect_answers(self, requests: list[DecisionRequest], answers: list) -> list[DecisionResponse]:
+        # Repeats of an id are answered with what its first occurrence settled (logged) to.
+        out = []
+        for request, answer in zip(requests, answers, strict=True):
+            known = request.decision_id is not None and request.decision_id in self._answered
+            out.append(self._answered[request.decision_id] if known else answer)
+        return out
+
+    def _draft(self, request: DecisionRequest, state: FleetState, unit: str, arm: str, choice: Choice,
+               model: ModelPolicy, seconds: float) -> _Draft:  # fmt: skip
         decision_id = request.decision_id or uuid.uuid4().hex
         k = state.n_vehicles
         assert state.mask[choice.action], "a policy chose a masked action"  # the heuristics never do
@@ -158,7 +194,7 @@ class DispatchService:
             vehicle_index=choice.action if assigned else None, arm=arm, unit=unit, policy=choice.policy,
             model_version=version, feasible_vehicles=int(ins.n_feasible), decision_ms=1e3 * seconds,
         )  # fmt: skip
-        first = self.log.append_decision({
+        record = {
             "schema": DECISION_SCHEMA, "decision_id": decision_id, "time_unix": time.time(),
             "experiment": self.experiment.name,
             "service_day": request.service_day.isoformat(), "region": request.region,
@@ -171,15 +207,21 @@ class DispatchService:
             "vehicle_id": vehicle, "observation": array_field(state.observation),
             "mask": array_field(state.mask), "reward_at_decision": reward, "planned": planned,
             "decision_ms": 1e3 * seconds,
-        })  # fmt: skip
-        if first is not None:  # a retry this process did not remember: answer what was logged
-            response = response_from_record(first)
-            self._remember(self._answered, decision_id, response)
-            return response
-        self._remember(self._answered, decision_id, response)
-        self.monitor.decided(decision_id, arm, choice.policy, assigned, seconds, choice.fallback_reason)
+        }  # fmt: skip
+        return _Draft(response, record, choice, seconds)
+
+    def _settle(self, draft: _Draft, first: dict | None) -> None:
+        """After the record is logged: remember the answer (the logged one for a retry this process
+        did not remember) and count a new decision."""
+        response = draft.response
+        if first is not None:
+            self._remember(self._answered, response.decision_id, response_from_record(first))
+            return
+        self._remember(self._answered, response.decision_id, response)
+        c = draft.choice
+        self.monitor.decided(response.decision_id, response.arm, c.policy, response.action == "assign",
+                             draft.seconds, c.fallback_reason)  # fmt: skip
         self._sync_log_metrics()
-        return response
 
     # --------------------------------------------------------------- outcomes
     def record_outcome(self, outcome: OutcomeRequest) -> bool:
@@ -187,19 +229,36 @@ class DispatchService:
 
         :raises RefusedDecisionError: the decision (known to this process) refused the booking.
         """
-        if outcome.decision_id in self._outcomes_seen:
+        record = self._outcome_record(outcome)
+        if record is None:
             return False
+        self.log.append_outcome(record)
+        self._outcome_logged(outcome)
+        return True
+
+    async def record_outcome_async(self, outcome: OutcomeRequest) -> bool:
+        """:meth:`record_outcome`, group-committed with the other records in flight."""
+        record = self._outcome_record(outcome)
+        if record is None:
+            return False
+        await self.log.append_outcome_async(record)
+        self._outcome_logged(outcome)
+        return True
+
+    def _outcome_record(self, outcome: OutcomeRequest) -> dict | None:
+        if outcome.decision_id in self._outcomes_seen:
+            return None
         decided = self._answered.get(outcome.decision_id)
         if decided is not None and decided.action == "refuse":
             raise RefusedDecisionError(
                 f"decision {outcome.decision_id} refused its booking: there is no trip"
             )
-        self.log.append_outcome({"schema": OUTCOME_SCHEMA, "time_unix": time.time(),
-                                 **outcome.model_dump(mode="json")})  # fmt: skip
+        return {"schema": OUTCOME_SCHEMA, "time_unix": time.time(), **outcome.model_dump(mode="json")}
+
+    def _outcome_logged(self, outcome: OutcomeRequest) -> None:
         self._remember(self._outcomes_seen, outcome.decision_id, None)
         self.monitor.outcome(outcome.decision_id, outcome.status, outcome.lateness_min, outcome.deadhead_km)
         self._sync_log_metrics()
-        return True
 
     # ------------------------------------------------------------------ views
     def stats(self) -> dict:
