@@ -26,6 +26,15 @@ from rl_lib.evaluation import evaluate_agent
 from rl_lib.resume import capture, model_bytes, replay_buffer_snapshot, state_bytes
 
 
+def crossed_a_multiple(step: int, last: int, every: int) -> bool:
+    """Whether a multiple of ``every`` lies in (``last``, ``step``]: an evaluation or a save is due.
+
+    A rollout may step over the exact multiple (PPO's n_steps, DQN's train_freq): what counts is
+    having crossed it since the last one.
+    """
+    return step // every > last // every
+
+
 class StopRequest:
     """Why training should stop at the next boundary: a signal or the wall-time budget.
 
@@ -135,8 +144,7 @@ class EvalCallback(BaseCallback):
 
     def due(self, step: int) -> bool:
         """True once ``step`` has crossed a multiple of eval_freq since the last evaluation."""
-        last = self.history[-1]["step"] if self.history else 0
-        return step // self.eval_freq > last // self.eval_freq
+        return crossed_a_multiple(step, self.history[-1]["step"] if self.history else 0, self.eval_freq)
 
     def _on_step(self) -> bool:
         return True
@@ -222,7 +230,7 @@ class CheckpointCallback(BaseCallback):
     def _on_rollout_start(self) -> None:
         step = self.num_timesteps
         stopping = self.stop.requested  # read once: a stop must never halt without this save
-        due = step // self.checkpoint_freq > (self.last_saved_step or 0) // self.checkpoint_freq
+        due = crossed_a_multiple(step, self.last_saved_step or 0, self.checkpoint_freq)
         if due or (stopping and step != self.last_saved_step):
             self.save()
         self.halted = stopping

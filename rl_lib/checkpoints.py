@@ -51,6 +51,12 @@ MODEL_SUFFIX = ".zip"
 BUFFER_SUFFIX = "_replay_buffer.pkl"
 STATE_SUFFIX = "_state.pkl"
 MANIFEST_SUFFIX = ".manifest.json"
+METADATA_SUFFIX = "_training_metadata.json"
+
+
+def metadata_file(name: str) -> str:
+    """The file name of run ``name``'s metadata (level 3) in its run dir."""
+    return f"{name}{METADATA_SUFFIX}"
 
 
 def adaptive_checkpoint_freq(total_timesteps: int) -> int:
@@ -64,6 +70,14 @@ def adaptive_checkpoint_freq(total_timesteps: int) -> int:
 
 #: Bytes a save must leave free on the disk, whatever the budget: a full disk loses more than a save.
 FREE_DISK_MARGIN = 200 * 10**6
+#: What the runs of one Kaggle session may hold together: /kaggle/working holds 20 GB, 2 GB stay spare.
+KAGGLE_DISK_BUDGET = 20 * 10**9 - 2 * 10**9
+
+
+def kaggle_disk_budget(disk_budget: int | None, runs: int = 1) -> int:
+    """On Kaggle, the disk budget of each of ``runs`` runs sharing the working dir: ``disk_budget`` when
+    given, else :data:`KAGGLE_DISK_BUDGET` split evenly across them (one working dir holds them all)."""
+    return KAGGLE_DISK_BUDGET // runs if disk_budget is None else disk_budget
 
 
 class DiskBudgetExceeded(RuntimeError):
@@ -123,7 +137,7 @@ class CheckpointManager:
         self.checkpoint_dir = self.run_dir / "checkpoints"
         self.best_dir = self.run_dir / "best_model"
         self.final_model = self.run_dir / f"{name}_final.zip"
-        self.metadata_path = self.run_dir / f"{name}_training_metadata.json"
+        self.metadata_path = self.run_dir / metadata_file(name)
         self._pattern = re.compile(rf"^{re.escape(name)}_checkpoint_(\d+)_steps{re.escape(MANIFEST_SUFFIX)}$")
         self._writer: threading.Thread | None = None
         self._error: BaseException | None = None
@@ -145,14 +159,26 @@ class CheckpointManager:
                 found.append((int(match.group(1)), path))
         return sorted(found, reverse=True)
 
-    def verify(self, manifest: Path) -> str | None:
-        """None when every file of the checkpoint matches its manifest, else the reason."""
-        stem = manifest.name[: -len(MANIFEST_SUFFIX)]
+    @staticmethod
+    def manifest_entries(manifest: Path) -> dict[str, tuple[int, str]]:
+        """The files a manifest lists (names in its folder) with their recorded size and sha256.
+
+        :raises ValueError: the manifest cannot be read or does not have that shape.
+        """
         try:
             recorded = json.loads(manifest.read_text())["files"]
             entries = {name: (int(e["bytes"]), str(e["sha256"])) for name, e in recorded.items()}
         except (OSError, ValueError, KeyError, TypeError, AttributeError) as exc:
-            return f"unreadable manifest ({exc!r})"
+            raise ValueError(f"unreadable manifest ({exc!r})") from None
+        return entries
+
+    def verify(self, manifest: Path) -> str | None:
+        """None when every file of the checkpoint matches its manifest, else the reason."""
+        stem = manifest.name[: -len(MANIFEST_SUFFIX)]
+        try:
+            entries = self.manifest_entries(manifest)
+        except ValueError as exc:
+            return str(exc)
         for required in (stem + MODEL_SUFFIX, stem + STATE_SUFFIX):
             if required not in entries:
                 return f"the manifest does not list {required}"

@@ -216,10 +216,11 @@ def cmd_bench_inference(args: argparse.Namespace) -> int:
 def cmd_ablation(args: argparse.Namespace) -> int:
     from rl_lib.ablation import format_ablation
     from rl_lib.pipeline import ablation_step
+    from rl_lib.run_record import EVALUATION
 
     table = ablation_step(args.results, args.resamples)
     print(f"{args.results}: reward per test day, mean [95 % paired-bootstrap CI] "
-          f"(written to {Path(args.results) / 'evaluation' / 'ablation.csv'})")  # fmt: skip
+          f"(written to {Path(args.results) / EVALUATION / 'ablation.csv'})")  # fmt: skip
     print(format_ablation(table))
     return 0
 
@@ -228,8 +229,9 @@ def cmd_report(args: argparse.Namespace) -> int:
     import pandas as pd
 
     from rl_lib.evaluation import format_table
+    from rl_lib.run_record import EVALUATION
 
-    evaluation = Path(args.results) / "evaluation"
+    evaluation = Path(args.results) / EVALUATION
     path = evaluation / "aggregate.csv"
     if not path.is_file():
         raise UserError(f"{path}: missing; run the evaluation step (notebook 02_evaluate) first")
@@ -252,17 +254,15 @@ def cmd_report(args: argparse.Namespace) -> int:
 def cmd_thesis(args: argparse.Namespace) -> int:
     from rl_lib.pipeline import figures_step
 
-    written = figures_step(args.results, args.lang, args.figures_dir, args.tables_dir, args.agent)
-    if args.tuning:  # a study run by `rl-lib tune` outside the results folder
-        from rl_lib.thesis.tuning import tuning_outputs
-
-        written += tuning_outputs(args.tuning, args.figures_dir, args.tables_dir, args.lang)
+    written = figures_step(args.results, args.lang, args.figures_dir, args.tables_dir, args.agent,
+                           args.tuning, args.tuning_storage)  # fmt: skip
     for path in written:
         print(f"wrote {path}")
     return 0
 
 
 def build_parser() -> argparse.ArgumentParser:
+    from rl_lib.checkpoints import KAGGLE_DISK_BUDGET
     from rl_lib.feedback.cli import add_registry_command
     from rl_lib.kaggle.cli import add_kaggle_commands
     from rl_lib.scenarios.historical import add_data_command
@@ -294,7 +294,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seed", type=int, help="override training.seed")
     p.add_argument("--quick", action="store_true", help="smoke test: 2 steps, a checkpoint at each")
     p.add_argument("--max-wall-time", type=float, help="seconds; stop cleanly (interrupted, exit 3) before")
-    p.add_argument("--disk-budget", help="e.g. 20GB; refuse a save beyond it (default 18GB on Kaggle)")
+    p.add_argument("--disk-budget", help="e.g. 5GB; refuse a save beyond it "
+                   f"(default {KAGGLE_DISK_BUDGET / 1e9:g}GB on Kaggle)")  # fmt: skip
     p.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto")
     p.add_argument("--force-resume", action="store_true", help="resume even a run that diverged")
     p.add_argument("--threads", type=positive_int, default=1, help="torch CPU threads (default 1)")
@@ -345,9 +346,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--lang", choices=("fr", "en"), default="fr")
     p.add_argument("--figures-dir", default="thesis_figures")
     p.add_argument("--tables-dir", default="latex/generated")
-    p.add_argument("--agent", default="dqn", help="the RL policy of the Baseline-vs-RL table")
+    p.add_argument("--agent", default="dqn", help="the RL policy of the Baseline-vs-RL table and the "
+                   "hyperparameters: a DQN or MaskablePPO run name")  # fmt: skip
     p.add_argument("--tuning", help="study folder of `rl-lib tune` (e.g. results/tune/dqn); default: "
                    "RESULTS/tuning/STUDY when the results folder holds one")  # fmt: skip
+    p.add_argument("--tuning-storage", metavar="URL", help="the study's storage, as given to `rl-lib tune "
+                   "--storage` (e.g. postgresql+psycopg://user@host/db); default: the SQLite file in "
+                   "its folder")  # fmt: skip
     p.set_defaults(func=cmd_thesis)
 
     bench = sub.add_parser("bench", help="benchmarks").add_subparsers(dest="bench", required=True)

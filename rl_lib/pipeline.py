@@ -13,13 +13,18 @@ raises :class:`~rl_lib.errors.UserError` with one line naming the parameter.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
-from collections.abc import Sequence
+import os
+import shutil
+import tempfile
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
 import pandas as pd
 
+from rl_lib.checkpoints import METADATA_SUFFIX
 from rl_lib.config import from_dict
 from rl_lib.errors import UserError
 from rl_lib.experiment import ExperimentConfig, load_experiment, with_overrides
@@ -30,8 +35,6 @@ def use_repository_root() -> Path:
     """Run from the repository root when rl_lib is an editable checkout (interactive Jupyter starts
     in notebooks/, papermill and nbval wherever they were called); elsewhere (an installed wheel,
     Kaggle) stay put. Returns the working directory."""
-    import os
-
     import rl_lib
 
     root = Path(rl_lib.__file__).resolve().parents[1]
@@ -95,7 +98,7 @@ def check_train_parameters(
 
 
 def parse_disk_budget(disk_budget: Any) -> int | None:
-    """The ``disk_budget`` parameter (bytes, or a size such as ``"18GB"``) in bytes; None stays None."""
+    """The ``disk_budget`` parameter (bytes, or a size such as ``"5GB"``) in bytes; None stays None."""
     from rl_lib.io import parse_size
 
     if disk_budget is None:
@@ -122,14 +125,15 @@ def train_step(
     runs first: a relative ``results_dir`` lies under the working dir, each run is brought from the
     previous kernel version's output (its newest verified checkpoint) when the input holds it,
     ``max_wall_time`` is for the whole step (default: the session limit minus a margin) and every
-    run stops by that deadline, and ``disk_budget`` defaults to 18 GB.
+    run stops by that deadline, and ``disk_budget`` defaults to
+    :data:`rl_lib.checkpoints.KAGGLE_DISK_BUDGET`.
 
     :param configs: experiment YAML paths (e.g. ``["configs/dqn.yaml", "configs/maskable_ppo.yaml"]``),
         or config mappings.
     :param overrides: dotted-key overrides applied to every config (the quick / thesis scale).
     :param max_wall_time: seconds per run and session (on Kaggle: for the whole step).
-    :param disk_budget: bytes (or ``"18GB"``) that all the runs may hold together, split evenly
-        across them; default unlimited (18 GB on Kaggle).
+    :param disk_budget: bytes (or a size such as ``"5GB"``) that all the runs may hold together, split
+        evenly across them; default unlimited (on Kaggle, :data:`~rl_lib.checkpoints.KAGGLE_DISK_BUDGET`).
     :return: one row per run: run dir, status, timesteps, target, exit code.
     """
     from rl_lib.training import on_kaggle, train_seeds
@@ -169,7 +173,7 @@ def train_step(
 def run_dirs(results_dir: str | Path) -> list[Path]:
     """The run dirs under ``results_dir/runs``, sorted."""
     root = Path(results_dir) / RUNS
-    found = sorted(p.parent for p in root.glob("*/*_training_metadata.json"))
+    found = sorted(p.parent for p in root.glob(f"*/*{METADATA_SUFFIX}"))
     if not found:
         raise UserError(f"{root}: no run dir; run the training step (notebook 01_train) first")
     return found
@@ -283,13 +287,28 @@ def figures_step(
     figures_dir: str = "thesis_figures",
     tables_dir: str = "latex/generated",
     agent: str = "dqn",
+    tuning: str | None = None,
+    tuning_storage: str | None = None,
 ) -> list[Path]:
-    """Every Chapter 7 figure and table from the results of :func:`train_step` and :func:`evaluate_step`
-    (and of the tuning step, ``results_dir/tuning/STUDY``, when it ran).
+    """Every Chapter 7 figure and table from the results of :func:`train_step` and :func:`evaluate_step`,
+    and of a tuning study when there is one.
 
-    The checkpoint timeline and the training diagnostics show the agent's lowest-seed run; the
-    numbers quoted in the chapter's text go to ``numbers.tex`` as macros.
+    Rule 5: the inputs are checked first (evaluation tables, run dirs, the agent's runs, the study
+    folder), and everything is written to staging folders that replace files in ``figures_dir`` and
+    ``tables_dir`` only once all is written, so a bad input is one :class:`UserError` and leaves both
+    folders as they were. The checkpoint timeline, the training diagnostics and the hyperparameters
+    show the agent's lowest-seed run; the numbers quoted in the chapter's text go to ``numbers.tex``
+    as macros. The gap to the hindsight bound (``gap_to_bound.csv``) and the agent study
+    (``ablation.csv``) are reported when the evaluation wrote them.
+
+    :param agent: the RL policy (its runs' ``training.name``: a DQN or a MaskablePPO) of the
+        Baseline-vs-RL table, the hyperparameters and the run shown.
+    :param tuning: the folder of a study run by ``rl-lib tune`` (``OUT/STUDY``); default:
+        ``results_dir/tuning/STUDY`` when the results folder holds one (notebook 04 writes it).
+    :param tuning_storage: the study's storage URL (e.g. ``postgresql+psycopg://user@host/db``); default:
+        the SQLite file in the study folder.
     """
+    from rl_lib.checkpoints import KAGGLE_DISK_BUDGET
     from rl_lib.run_record import metadata_path, read_metadata
     from rl_lib.thesis import figures, tables
     from rl_lib.thesis.style import check_lang
@@ -300,11 +319,15 @@ def figures_step(
         raise UserError(f"parameter lang: {exc}") from None
     evaluation = Path(results_dir) / EVALUATION
     names = ("aggregate", "paired_differences", "probability_of_improvement")
+    inference_names = ("latency", "throughput", "size", "agreement")
     files = {name: evaluation / f"{name}.csv" for name in names}
+    inference = {n: evaluation / f"inference_{n}.csv" for n in inference_names}
     for path in files.values():
         if not path.is_file():
             raise UserError(f"{path}: missing; run the evaluation step (notebook 02_evaluate) first")
-    aggregate, paired, improvement = (pd.read_csv(files[n]) for n in names)
+    for path in inference.values():
+        if not path.is_file():
+            raise UserError(f"{path}: missing; the evaluation step writes it when a DQN run is evaluated")
     runs = run_dirs(results_dir)
     metas = {run: read_metadata(run) for run in runs}
     agent_runs = sorted((m["seed"], run) for run, m in metas.items() if m["name"] == agent)
@@ -316,60 +339,97 @@ def figures_step(
         raise UserError(
             f"the {agent} runs have different step targets {sorted(targets)}; evaluate them apart"
         )
-    figures_out, tables_out = Path(figures_dir), Path(tables_dir)
-    written = [
-        figures.learning_curves(runs, figures_out, lang),
-        figures.kpi_comparison(aggregate, figures_out, lang, sources=[files["aggregate"]]),
-        figures.checkpoint_timeline(shown, figures_out, lang),
-        figures.training_diagnostics(shown, figures_out, lang),
-        tables.kpi_table(aggregate, tables_out, lang, sources=[files["aggregate"]]),
-        tables.baseline_vs_rl_table(aggregate, tables_out, lang, agent=agent, sources=[files["aggregate"]]),
-        tables.paired_differences_table(paired, improvement, tables_out, lang, sources=[
-            files["paired_differences"], files["probability_of_improvement"]]),
-        tables.hyperparameters_table(metas[shown]["config"], tables_out, lang,
-                                     sources=[metadata_path(shown)]),
-    ]  # fmt: skip
+    study = _tuning_study(results_dir, tuning)
+    gap, ablation = evaluation / "gap_to_bound.csv", evaluation / "ablation.csv"
+    aggregate, paired, improvement = (pd.read_csv(files[n]) for n in names)
+    frames = {n: pd.read_csv(p) for n, p in inference.items()}
+
     completion = aggregate.set_index(["policy", "kpi"])["mean"]
     shown_meta = metas[shown]
 
     def percent(policy: str) -> str:  # the French chapter prints a decimal comma (text mode)
+        if (policy, "completion_rate") not in completion.index:
+            raise UserError(f"{files['aggregate']}: no completion_rate of {policy}; evaluate it again")
         text = f"{100 * completion[(policy, 'completion_rate')]:.1f}"
         return text.replace(".", ",") if lang == "fr" else text
 
     numbers = {
         "NumDays": int(aggregate["n_days"].max()),
         "NumSeeds": len(agent_runs),
-        "DQNCompletion": percent(agent),
+        "DQNCompletion": percent(agent),  # the agent's, whatever its algorithm (the chapter's name)
         "NearestCompletion": percent("nearest"),
         "BestStep": int(shown_meta["best"]["step"]),
         "TotalSteps": int(shown_meta["timesteps"]["target"]),
         "EvalFreq": int(shown_meta["eval_freq"]),
         "NumEvalDays": int(shown_meta["config"]["training"]["checkpoints"]["n_eval_episodes"]),
+        "KaggleDiskBudgetGB": KAGGLE_DISK_BUDGET // 10**9,
     }
-    written.append(
-        tables.numbers_macros(numbers, tables_out, sources=[files["aggregate"], metadata_path(shown)])
-    )
-    inference = {n: evaluation / f"inference_{n}.csv" for n in ("latency", "throughput", "size", "agreement")}
-    missing = [str(p) for p in inference.values() if not p.is_file()]
-    if missing:
-        raise UserError(f"{missing[0]}: missing; the evaluation step writes it when a DQN run is evaluated")
-    frames = {n: pd.read_csv(p) for n, p in inference.items()}
-    sources = list(inference.values())
-    written.append(figures.inference_latency(frames["latency"], frames["throughput"], figures_out, lang,
-                                             sources=sources))  # fmt: skip
-    written.append(tables.inference_table(*frames.values(), tables_out, lang, sources=sources))
-    # The agent study, when the results folder holds one (`rl-lib ablation`, params/ablation.yaml).
-    ablation = evaluation / "ablation.csv"
-    if ablation.is_file():
-        table = pd.read_csv(ablation)
-        written.append(figures.ablation_differences(table, figures_out, lang, sources=[ablation]))
-        written.append(tables.ablation_tex(table, tables_out, lang, sources=[ablation]))
-    # The tuning section, when the results folder holds a tuning study (notebook 04 writes it too).
+    with _staged(Path(figures_dir), Path(tables_dir)) as staging:
+        figures_out, tables_out = staging[Path(figures_dir)], staging[Path(tables_dir)]
+        try:
+            written = [
+                figures.learning_curves(runs, figures_out, lang),
+                figures.kpi_comparison(aggregate, figures_out, lang, sources=[files["aggregate"]]),
+                figures.checkpoint_timeline(shown, figures_out, lang),
+                figures.training_diagnostics(shown, figures_out, lang),
+                tables.kpi_table(aggregate, tables_out, lang, sources=[files["aggregate"]]),
+                tables.baseline_vs_rl_table(aggregate, tables_out, lang, agent=agent,
+                                            sources=[files["aggregate"]]),
+                tables.paired_differences_table(paired, improvement, tables_out, lang, sources=[
+                    files["paired_differences"], files["probability_of_improvement"]]),
+                tables.hyperparameters_table(shown_meta["config"], tables_out, lang,
+                                             sources=[metadata_path(shown)]),
+                tables.numbers_macros(numbers, tables_out,
+                                      sources=[files["aggregate"], metadata_path(shown)]),
+                figures.inference_latency(frames["latency"], frames["throughput"], figures_out, lang,
+                                          sources=list(inference.values())),
+                tables.inference_table(*frames.values(), tables_out, lang, sources=list(inference.values())),
+            ]  # fmt: skip
+            if gap.is_file():  # the evaluation ran the hindsight bound
+                written.append(tables.gap_to_bound_table(pd.read_csv(gap), tables_out, lang, sources=[gap]))
+            if ablation.is_file():  # the agent study (`rl-lib ablation`, params/ablation.yaml)
+                table = pd.read_csv(ablation)
+                written.append(figures.ablation_differences(table, figures_out, lang, sources=[ablation]))
+                written.append(tables.ablation_tex(table, tables_out, lang, sources=[ablation]))
+            if study is not None:
+                from rl_lib.thesis.tuning import tuning_outputs
+
+                written += tuning_outputs(study, figures_out, tables_out, lang, tuning_storage)
+        except ValueError as exc:  # a results file without what its table shows
+            raise UserError(f"{results_dir}: {exc}") from None
+    destination = {folder: final for final, folder in staging.items()}
+    return [destination[path.parent] / path.name for path in written]
+
+
+def _tuning_study(results_dir: str, tuning: str | None) -> Path | None:
+    """The study folder the chapter shows: ``tuning``, else the one of ``results_dir/tuning`` (if any)."""
+    if tuning is not None:
+        return Path(tuning)
     studies = sorted(p.parent for p in (Path(results_dir) / "tuning").glob("*/trials.csv"))
     if len(studies) > 1:
-        raise UserError(f"{Path(results_dir) / 'tuning'} holds several studies; the chapter shows one")
-    if studies:
-        from rl_lib.thesis.tuning import tuning_outputs
+        raise UserError(f"{Path(results_dir) / 'tuning'} holds several studies; the chapter shows one "
+                        "(pass tuning=STUDY_DIR, rl-lib thesis --tuning)")  # fmt: skip
+    return studies[0] if studies else None
 
-        written += tuning_outputs(studies[0], figures_out, tables_out, lang)
-    return written
+
+@contextlib.contextmanager
+def _staged(*destinations: Path) -> Iterator[dict[Path, Path]]:
+    """Destination folder -> a hidden staging folder beside it (one for a folder named twice).
+
+    When the block ends without an error, each staged file replaces its namesake in its destination
+    (created then; a rename, on the same file system); on an error nothing is created or replaced.
+    The staging folders are removed either way.
+    """
+    staging: dict[Path, Path] = {}
+    try:
+        for destination in dict.fromkeys(destinations):
+            parent = next(p for p in (destination.parent, *destination.parent.parents) if p.is_dir())
+            staging[destination] = Path(tempfile.mkdtemp(prefix=f".{destination.name}-staged-", dir=parent))
+        yield staging
+        for destination, folder in staging.items():
+            destination.mkdir(parents=True, exist_ok=True)
+            for path in sorted(folder.iterdir()):
+                os.replace(path, destination / path.name)
+    finally:
+        for folder in staging.values():
+            shutil.rmtree(folder, ignore_errors=True)

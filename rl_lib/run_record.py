@@ -14,10 +14,16 @@ import time
 from pathlib import Path
 from typing import Any
 
-from rl_lib.checkpoints import CheckpointManager
+from rl_lib.checkpoints import METADATA_SUFFIX, CheckpointManager
 
 #: A results folder's layout: ``RESULTS/runs/{name}_seed{seed}/`` run dirs, ``RESULTS/evaluation/`` tables.
 RUNS, EVALUATION = "runs", "evaluation"
+
+
+def run_dir_name(name: str, seed: int) -> str:
+    """The folder of run ``name`` trained with ``seed``: ``{name}_seed{seed}`` (under ``RESULTS/runs``)."""
+    return f"{name}_seed{seed}"
+
 
 STRATEGY = (
     "Three-level checkpoints. Level 1 (latest): a complete snapshot (model, replay buffer, random "
@@ -30,6 +36,9 @@ STRATEGY = (
 )
 
 RUNNING, COMPLETED, INTERRUPTED, DIVERGED = "running", "completed", "interrupted", "diverged"
+#: Exit codes of a run (``rl-lib train``): completed, interrupted (a stop request), diverged, and
+#: interrupted because a save would exceed the disk budget.
+EXIT_COMPLETED, EXIT_INTERRUPTED, EXIT_DIVERGED, EXIT_DISK_BUDGET = 0, 3, 4, 5
 
 
 def versions() -> dict[str, str]:
@@ -76,10 +85,10 @@ def metadata_path(run_dir: str | Path) -> Path:
     """The ``*_training_metadata.json`` of a run dir (there is exactly one)."""
     from rl_lib.errors import UserError
 
-    found = sorted(Path(run_dir).glob("*_training_metadata.json"))
+    found = sorted(Path(run_dir).glob(f"*{METADATA_SUFFIX}"))
     if len(found) != 1:
         raise UserError(
-            f"{run_dir}: expected one *_training_metadata.json, found {len(found)}; is this a run dir "
+            f"{run_dir}: expected one *{METADATA_SUFFIX}, found {len(found)}; is this a run dir "
             "written by rl-lib train?"
         )
     return found[0]

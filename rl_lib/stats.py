@@ -191,14 +191,9 @@ def relative_differences(
         ``ci_excludes_zero``, ``n_days``.
     """
     ref = score_matrix(df, reference, kpi)
-    rows = []
-    for p in _others(df, reference, policies):
-        point, low, high = _bootstrap(
-            _relative_difference, {p: score_matrix(df, p, kpi), reference: ref}, n_resamples, confidence, seed
-        )
-        rows.append({"policy": p, "reference": reference, "kpi": kpi, "rel_diff": point, "ci_low": low,
-                     "ci_high": high, "ci_excludes_zero": bool(low > 0 or high < 0),
-                     "n_days": _n_common_days(score_matrix(df, p, kpi), ref)})  # fmt: skip
+    rows = _paired_rows(df, kpi, _others(df, reference, policies), {reference: ref},
+                        {"rel_diff": _relative_difference}, {"reference": reference},
+                        n_resamples, confidence, seed, excludes_zero=True)  # fmt: skip
     return pd.DataFrame(rows)
 
 
@@ -276,23 +271,9 @@ def paired_differences(
     rows = []
     for kpi in _select_kpis(df, kpis):
         ref = score_matrix(df, reference, kpi)
-        for p in _others(df, reference, policies):
-            m = score_matrix(df, p, kpi)
-            point, low, high = _bootstrap(
-                _mean_difference, {p: m, reference: ref}, n_resamples, confidence, seed
-            )
-            rows.append(
-                {
-                    "policy": p,
-                    "reference": reference,
-                    "kpi": kpi,
-                    "mean_diff": point,
-                    "ci_low": low,
-                    "ci_high": high,
-                    "ci_excludes_zero": bool(low > 0 or high < 0),
-                    "n_days": _n_common_days(m, ref),
-                }
-            )
+        rows += _paired_rows(df, kpi, _others(df, reference, policies), {reference: ref},
+                             {"mean_diff": _mean_difference}, {"reference": reference},
+                             n_resamples, confidence, seed, excludes_zero=True)  # fmt: skip
     return pd.DataFrame(rows)
 
 
@@ -339,21 +320,9 @@ def probability_of_improvement(
         # Negating both sides turns "lower is better" into "higher is better".
         return _probability_of_improvement(sign * x, sign * y)
 
-    rows = []
-    for p in _others(df, reference, policies):
-        m = score_matrix(df, p, kpi)
-        point, low, high = _bootstrap(improvement, {p: m, reference: ref}, n_resamples, confidence, seed)
-        rows.append(
-            {
-                "policy": p,
-                "reference": reference,
-                "kpi": kpi,
-                "prob_improvement": point,
-                "ci_low": low,
-                "ci_high": high,
-                "n_days": _n_common_days(m, ref),
-            }
-        )
+    rows = _paired_rows(df, kpi, _others(df, reference, policies), {reference: ref},
+                        {"prob_improvement": improvement}, {"reference": reference},
+                        n_resamples, confidence, seed)  # fmt: skip
     return pd.DataFrame(rows)
 
 
@@ -386,30 +355,17 @@ def gap_to_bound(
     """
     bound = score_matrix(df, bound_policy, kpi)
 
-    def absolute(b: np.ndarray, x: np.ndarray) -> np.ndarray:
-        return -_mean_difference(x, b)
+    def absolute(x: np.ndarray, b: np.ndarray) -> np.ndarray:
+        return _mean_difference(b, x)
 
-    def relative(b: np.ndarray, x: np.ndarray) -> np.ndarray:
+    def relative(x: np.ndarray, b: np.ndarray) -> np.ndarray:
         b_day = _nanmean(b, axis=1)
         gap = _divide(b_day - _nanmean(x, axis=1), np.abs(b_day))
         return _nanmean(gap, axis=1)
 
-    rows = []
-    for p in _others(df, bound_policy, policies):
-        m = score_matrix(df, p, kpi)
-        pair = {bound_policy: bound, p: m}
-        abs_gap = _bootstrap(absolute, pair, n_resamples, confidence, seed)
-        rel_gap = _bootstrap(relative, pair, n_resamples, confidence, seed)
-        rows.append(
-            {
-                "policy": p,
-                "bound": bound_policy,
-                "kpi": kpi,
-                **dict(zip(("abs_gap", "abs_gap_ci_low", "abs_gap_ci_high"), abs_gap, strict=True)),
-                **dict(zip(("rel_gap", "rel_gap_ci_low", "rel_gap_ci_high"), rel_gap, strict=True)),
-                "n_days": _n_common_days(m, bound),
-            }
-        )
+    rows = _paired_rows(df, kpi, _others(df, bound_policy, policies), {bound_policy: bound},
+                        {"abs_gap": absolute, "rel_gap": relative}, {"bound": bound_policy},
+                        n_resamples, confidence, seed)  # fmt: skip
     return pd.DataFrame(rows)
 
 
@@ -433,17 +389,10 @@ def gap_closed(
         ``ci_high``, ``n_days``.
     """
     ref, bound = score_matrix(df, reference, kpi), score_matrix(df, bound_policy, kpi)
-    rows = []
-    for p in _others(df, reference, policies):
-        if p == bound_policy:
-            continue
-        x = score_matrix(df, p, kpi)
-        point, low, high = _bootstrap(
-            _gap_closed, {p: x, reference: ref, bound_policy: bound}, n_resamples, confidence, seed
-        )
-        rows.append({"policy": p, "reference": reference, "bound": bound_policy, "kpi": kpi,
-                     "gap_closed": point, "ci_low": low, "ci_high": high,
-                     "n_days": _n_common_days(x, ref)})  # fmt: skip
+    compared = [p for p in _others(df, reference, policies) if p != bound_policy]
+    rows = _paired_rows(df, kpi, compared, {reference: ref, bound_policy: bound},
+                        {"gap_closed": _gap_closed}, {"reference": reference, "bound": bound_policy},
+                        n_resamples, confidence, seed)  # fmt: skip
     return pd.DataFrame(rows)
 
 
@@ -575,6 +524,44 @@ def _check_design(sd_treatment: float, sd_control: float, alpha: float, power: f
     for name, value in (("alpha", alpha), ("power", power)):
         if not 0 < value < 1:
             raise ValueError(f"{name} must lie in (0, 1), got {value}")
+
+
+def _paired_rows(
+    df: pd.DataFrame,
+    kpi: str,
+    compared: Sequence[str],
+    shared: Mapping[str, np.ndarray],
+    statistics: Mapping[str, _MatrixFunction],
+    labels: Mapping[str, str],
+    n_resamples: int,
+    confidence: float,
+    seed: int,
+    excludes_zero: bool = False,
+) -> list[dict]:
+    """The paired comparison behind every policy-vs-reference table: one row per policy of ``compared``.
+
+    Each statistic takes the policy's stacked score matrices, then those of ``shared`` in their order
+    (the reference first, then e.g. the bound), and gets its point estimate and interval from
+    :func:`_bootstrap` on all of them, so the policy stays paired by day with the others.
+
+    :return: rows ``policy``, ``labels``, ``kpi``, then per statistic its value and interval (one
+        statistic: ``NAME``, ``ci_low``, ``ci_high``; several: ``NAME``, ``NAME_ci_low``,
+        ``NAME_ci_high``), ``ci_excludes_zero`` when ``excludes_zero``, and ``n_days`` (days where the
+        policy and the reference both have a value).
+    """
+    reference = next(iter(shared.values()))
+    rows = []
+    for policy in compared:
+        x = score_matrix(df, policy, kpi)
+        row = {"policy": policy, **labels, "kpi": kpi}
+        for name, fn in statistics.items():
+            point, low, high = _bootstrap(fn, {policy: x, **shared}, n_resamples, confidence, seed)
+            prefix = "" if len(statistics) == 1 else f"{name}_"
+            row.update({name: point, f"{prefix}ci_low": low, f"{prefix}ci_high": high})
+            if excludes_zero:
+                row["ci_excludes_zero"] = bool(low > 0 or high < 0)
+        rows.append({**row, "n_days": _n_common_days(x, reference)})
+    return rows
 
 
 def _gap_closed(x: np.ndarray, ref: np.ndarray, bound: np.ndarray) -> np.ndarray:

@@ -36,18 +36,32 @@ from stable_baselines3.common.vec_env import DummyVecEnv
 
 from rl_lib.agents import ALGORITHMS, DivergenceError, build_model
 from rl_lib.callbacks import CheckpointCallback, EvalCallback, KPILoggerCallback, StopRequest
-from rl_lib.checkpoints import Checkpoint, CheckpointManager, DiskBudgetExceeded, adaptive_checkpoint_freq
+from rl_lib.checkpoints import (
+    Checkpoint,
+    CheckpointManager,
+    DiskBudgetExceeded,
+    adaptive_checkpoint_freq,
+    kaggle_disk_budget,
+)
 from rl_lib.config import to_dict
 from rl_lib.envs import DispatchEnv
 from rl_lib.errors import UserError
 from rl_lib.experiment import ExperimentConfig
 from rl_lib.resume import model_bytes, restore
-from rl_lib.run_record import COMPLETED, DIVERGED, INTERRUPTED, RunRecord
+from rl_lib.run_record import (
+    COMPLETED,
+    DIVERGED,
+    EXIT_COMPLETED,
+    EXIT_DISK_BUDGET,
+    EXIT_DIVERGED,
+    EXIT_INTERRUPTED,
+    INTERRUPTED,
+    RunRecord,
+    run_dir_name,
+)
 from rl_lib.scenarios.synthetic import SyntheticScenario
 
 STOPPED_BY_CALLER = "stopped by on_evaluation"
-EXIT_COMPLETED, EXIT_INTERRUPTED, EXIT_DIVERGED, EXIT_DISK_BUDGET = 0, 3, 4, 5
-KAGGLE_DISK_BUDGET = 20 * 10**9 - 2 * 10**9  # /kaggle/working holds 20 GB; keep 2 GB spare
 DIVERGED_ADVICE = (
     "this run diverged (see stop_reason in its metadata); resuming would continue from unstable weights. "
     "Lower the learning rate and restart from scratch in a new --run-dir, or pass --force-resume"
@@ -84,7 +98,7 @@ def quick(config: ExperimentConfig) -> ExperimentConfig:
 
 
 def default_run_dir(config: ExperimentConfig) -> Path:
-    return Path("runs") / f"{config.training.name}_seed{config.training.seed}"
+    return Path("runs") / run_dir_name(config.training.name, config.training.seed)
 
 
 def make_train_env(config: ExperimentConfig) -> DummyVecEnv:
@@ -181,7 +195,8 @@ def train(
     """Train (or resume) the agent the config describes; see the module docstring.
 
     :param max_wall_time: seconds this session may run; it stops cleanly, interrupted, before.
-    :param disk_budget: bytes the run dir may hold (default: 18 GB on Kaggle, unlimited elsewhere).
+    :param disk_budget: bytes the run dir may hold (default: :data:`~rl_lib.checkpoints.KAGGLE_DISK_BUDGET`
+        on Kaggle, unlimited elsewhere).
     :param torch_threads: torch CPU threads; 1 (default) is fastest for these small networks and
         immune to oversubscription on shared machines. None leaves torch's default.
     :param on_evaluation: called after each evaluation with its record and the whole history
@@ -201,8 +216,8 @@ def train(
     eval_freq = t.checkpoints.eval_freq or 5 * checkpoint_freq
     if eval_freq < checkpoint_freq:
         raise UserError(f"eval_freq ({eval_freq}) must be >= checkpoint_freq ({checkpoint_freq})")
-    if disk_budget is None and on_kaggle():
-        disk_budget = KAGGLE_DISK_BUDGET
+    if on_kaggle():
+        disk_budget = kaggle_disk_budget(disk_budget)
     manager = CheckpointManager(run_dir, t.name, t.checkpoints.keep_latest, disk_budget)
 
     # 1. New run, or resume?
@@ -326,7 +341,7 @@ def count_episodes(model: BaseAlgorithm) -> int:
 
 
 def seed_run_dir(results_dir: str | Path, config: ExperimentConfig, seed: int) -> Path:
-    return Path(results_dir) / f"{config.training.name}_seed{seed}"
+    return Path(results_dir) / run_dir_name(config.training.name, seed)
 
 
 def _train_one(
@@ -359,8 +374,9 @@ def train_seeds(
         run's ``max_wall_time`` is cut to what is left of it when the run starts.
     :param train_kwargs: passed to :func:`train` (``max_wall_time``, ``disk_budget``, ``device``, ...);
         with several workers, ``log`` is ignored and each worker prints. On Kaggle, where every run
-        shares one working dir, ``disk_budget`` defaults to :data:`KAGGLE_DISK_BUDGET` split evenly
-        across the seeds (not 18 GB each).
+        shares one working dir, ``disk_budget`` defaults to
+        :data:`~rl_lib.checkpoints.KAGGLE_DISK_BUDGET` split evenly across the seeds (not the whole
+        budget each).
     """
     if len(set(seeds)) != len(seeds) or not seeds:
         raise UserError(f"seeds must be distinct and non-empty, got {list(seeds)}")
@@ -368,8 +384,8 @@ def train_seeds(
         dataclasses.replace(config, training=dataclasses.replace(config.training, seed=int(s))) for s in seeds
     ]
     run_dirs = [seed_run_dir(results_dir, config, s) for s in seeds]
-    if train_kwargs.get("disk_budget") is None and on_kaggle():
-        train_kwargs["disk_budget"] = KAGGLE_DISK_BUDGET // len(seeds)
+    if on_kaggle():  # the seeds share one working dir
+        train_kwargs["disk_budget"] = kaggle_disk_budget(train_kwargs.get("disk_budget"), len(seeds))
     workers = max(1, min(workers or os.cpu_count() or 1, len(seeds)))
     if workers == 1:
         return [_train_one(c, d, train_kwargs, deadline) for c, d in zip(configs, run_dirs, strict=True)]

@@ -71,3 +71,24 @@ def test_rl_lib_has_no_import_cycle():
     graph = import_graph()
     assert {"rl_lib.argtypes", "rl_lib.errors"} <= graph["rl_lib.cli"]  # the graph sees real imports
     assert cycles(graph) == []
+
+
+def test_the_command_line_and_the_kaggle_commands_load_no_torch():
+    """``rl-lib --help`` builds every sub-command's parser, and the kaggle commands need no training
+    code: neither pulls torch (about 2 s) or Optuna; ``import rl_lib`` pulls not even gymnasium."""
+    import subprocess
+    import sys
+
+    heavy = ("torch", "optuna", "stable_baselines3")
+    code = (
+        "import sys\n"
+        "import rl_lib\n"
+        "assert 'gymnasium' not in sys.modules\n"
+        "from rl_lib.cli import build_parser\n"
+        "build_parser()\n"
+        "from rl_lib.kaggle import code_dataset, kernel, remote, session\n"
+        f"print(sorted(m for m in {heavy!r} if m in sys.modules))\n"
+    )
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.strip() == "[]"

@@ -32,6 +32,7 @@ TABLES = (
     "paired_differences",
     "hyperparameters",
     "inference_table",
+    "gap_to_bound",
     "tuning_params",
     "tuning_retrain",
     "numbers",
@@ -138,6 +139,7 @@ def test_tables_parse(quick_pipeline):
         "TotalSteps",
         "EvalFreq",
         "NumEvalDays",
+        "KaggleDiskBudgetGB",
     ):
         assert rf"\newcommand{{\{macro}}}" in numbers
 

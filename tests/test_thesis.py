@@ -358,3 +358,134 @@ def test_numbers_macros_refuse_clashing_names_and_holes(tmp_path):
     with pytest.raises(ValueError, match="finite"):
         numbers_macros({"x": np.nan}, tmp_path, sources=SOURCES)
     assert not (tmp_path / "numbers.tex").exists()
+
+
+def test_gap_to_bound_table_holds_every_policys_gap(tmp_path):
+    from rl_lib.thesis.tables import gap_to_bound_table
+
+    gap = pd.DataFrame([
+        {"policy": p, "bound": "hindsight_bound", "kpi": "reward", "abs_gap": a, "abs_gap_ci_low": a - 4.0,
+         "abs_gap_ci_high": a + 4.0, "rel_gap": r, "rel_gap_ci_low": r - 0.01, "rel_gap_ci_high": r + 0.01,
+         "n_days": 30}
+        for p, a, r in (("nearest", 120.0, 0.25), ("dqn", 61.0, 0.125), ("random", 240.0, 0.5))
+    ])  # fmt: skip
+    tex = gap_to_bound_table(gap, tmp_path, sources=SOURCES).read_text()
+    assert_well_formed(tex)
+    spec, rows = tabular_rows(tex)
+    assert spec == "lcc" and [r[0].strip() for r in rows[1:]] == [
+        label(p) for p in ("dqn", "nearest", "random")
+    ]
+    assert "$61$" in rows[1][1] and "[57, 65]" in rows[1][1] and "$12.5$" in rows[1][2]  # rel. gap in %
+    with pytest.raises(ValueError, match="rel_gap_ci_low"):
+        gap_to_bound_table(gap.drop(columns="rel_gap_ci_low"), tmp_path / "x.tex", sources=SOURCES)
+
+
+# The figures step ----------------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def results_folder(tmp_path_factory) -> Path:
+    """A results folder as the pipeline leaves it: a tiny DQN and a tiny MaskablePPO run, evaluation
+    tables computed by rl_lib.stats from a made-up per-episode table, and inference tables."""
+    from rl_lib.stats import aggregate_table, gap_to_bound, paired_differences, probability_of_improvement
+
+    root = tmp_path_factory.mktemp("results")
+    ppo = {"ppo": {"n_steps": 64, "batch_size": 32, "n_epochs": 1, "net_arch": [16]},
+           "checkpoints": {"checkpoint_freq": 64, "eval_freq": 128}}  # fmt: skip
+    for config in (
+        tiny_config(),
+        tiny_config(algo="maskable_ppo", name="tinyppo", total_timesteps=256, **ppo),
+    ):
+        t = config.training
+        train(config, root / "runs" / f"{t.name}_seed{t.seed}", log=lambda *a: None)
+    rng = np.random.default_rng(0)
+    rows = []
+    levels = {"tiny": 0.8, "tinyppo": 0.75, "nearest": 0.7, "random": 0.5, "hindsight_bound": 0.95}
+    for policy, level in levels.items():
+        seeds = (-1,) if policy == "hindsight_bound" else (0, 1) if policy.startswith("tiny") else (0,)
+        for seed in seeds:
+            for day in range(6):
+                rate = level + rng.normal(0, 0.02)
+                row = {"policy": policy, "seed": seed, "day_id": day, "reward": 1000 * rate,
+                       "completion_rate": rate}  # fmt: skip
+                if policy != "hindsight_bound":  # the bound has only these two KPIs
+                    row |= {
+                        "reward_per_step": 5 * rate,
+                        "on_time_rate": rate,
+                        "total_km": 2000 * rate,
+                        "p95_lateness_min": 20 * (1 - rate),
+                        "mean_lateness_min": 9 * (1 - rate),
+                        "mean_deadhead_km": 3 - rate,
+                        "decision_ms": 0.1 + rng.uniform(0, 0.01),
+                    }
+                    # fmt: skip
+                rows.append(row)
+    per_episode = pd.DataFrame(rows)
+    evaluation = root / "evaluation"
+    evaluation.mkdir()
+    agents = [p for p in levels if p != "hindsight_bound"]
+    backends = ["torch", "onnx"]
+    for name, table in {
+        "aggregate": aggregate_table(per_episode, n_resamples=50),
+        "paired_differences": paired_differences(per_episode, n_resamples=50),
+        "probability_of_improvement": probability_of_improvement(per_episode, n_resamples=50),
+        "gap_to_bound": gap_to_bound(per_episode, policies=agents, n_resamples=50),
+        "inference_latency": pd.DataFrame({"backend": backends, "p50_ms": [0.3, 0.1], "p95_ms": [0.4, 0.15],
+                                           "p99_ms": [0.5, 0.2]}),
+        "inference_throughput": pd.DataFrame({"backend": [b for b in backends for _ in (1, 256)],
+                                              "batch": [1, 256, 1, 256],
+                                              "decisions_per_s": [3e3, 5e4, 9e3, 2e5]}),
+        "inference_size": pd.DataFrame({"backend": backends, "bytes": [90_000, 80_000]}),
+        "inference_agreement": pd.DataFrame({"backend": backends, "agreement_with_torch": [1.0, 1.0]}),
+    }.items():  # fmt: skip
+        table.to_csv(evaluation / f"{name}.csv", index=False)
+    return root
+
+
+def test_figures_step_serves_a_ppo_agent_and_reports_the_gap_to_the_bound(results_folder, tmp_path):
+    from rl_lib.pipeline import figures_step
+
+    figures_dir, tables_dir = tmp_path / "figures", tmp_path / "tables"
+    written = figures_step(str(results_folder), "en", str(figures_dir), str(tables_dir), agent="tinyppo")
+    assert all(path.is_file() and path.parent in (figures_dir, tables_dir) for path in written)
+    assert sorted(p.name for p in figures_dir.iterdir()) == sorted(
+        f"{n}_en.pdf" for n in ("learning_curves", "kpi_comparison", "checkpoint_timeline",
+                                "training_diagnostics", "inference_latency"))  # fmt: skip
+    hyperparameters = (tables_dir / "hyperparameters_en.tex").read_text()
+    assert "GAE $\\lambda$ & 0.95" in hyperparameters and "Steps per rollout & 64" in hyperparameters
+    # The PPO run's own hyperparameters, not the unused DQN section of its config.
+    assert "Double DQN" not in hyperparameters
+    assert "tinyppo_seed0" in hyperparameters.splitlines()[0]
+    _, rows = tabular_rows((tables_dir / "gap_to_bound_en.tex").read_text())
+    assert [r[0].strip() for r in rows[1:]] == [
+        label("nearest", "en"),
+        label("random", "en"),
+        "tiny",
+        "tinyppo",
+    ]
+    numbers = (tables_dir / "numbers.tex").read_text()
+    assert r"\newcommand{\NumSeeds}{1}" in numbers and r"\newcommand{\KaggleDiskBudgetGB}{18}" in numbers
+    assert not list(tmp_path.glob(".*staged*")), "the staging folders are removed"
+
+
+def test_figures_step_writes_nothing_on_a_bad_input(results_folder, tmp_path):
+    from rl_lib.pipeline import figures_step
+
+    results = tmp_path / "results"
+    shutil.copytree(results_folder, results)
+    figures_dir, tables_dir = tmp_path / "figures", tmp_path / "tables"
+    tables_dir.mkdir()
+    (tables_dir / "kpi_table.tex").write_text("% from an earlier results folder\n")
+    aggregate = pd.read_csv(results / "evaluation" / "aggregate.csv")
+    broken = aggregate[~((aggregate["policy"] == "tiny") & (aggregate["kpi"] == "decision_ms"))]
+    broken.to_csv(results / "evaluation" / "aggregate.csv", index=False)  # the 5th output needs it
+    with pytest.raises(UserError, match="tiny/decision_ms"):
+        figures_step(str(results), "fr", str(figures_dir), str(tables_dir), agent="tiny")
+    with pytest.raises(UserError, match="no 'sac' run"):
+        figures_step(str(results), "fr", str(figures_dir), str(tables_dir), agent="sac")
+    (results / "evaluation" / "inference_size.csv").unlink()  # checked before anything is drawn
+    with pytest.raises(UserError, match="inference_size.csv: missing"):
+        figures_step(str(results), "fr", str(figures_dir), str(tables_dir), agent="tiny")
+    assert not figures_dir.exists() and [p.name for p in tables_dir.iterdir()] == ["kpi_table.tex"]
+    assert (tables_dir / "kpi_table.tex").read_text() == "% from an earlier results folder\n"
+    assert not list(tmp_path.glob(".*staged*"))

@@ -3,6 +3,7 @@ budgets, signals and divergence."""
 
 from __future__ import annotations
 
+import itertools
 import json
 import os
 import pickle
@@ -11,6 +12,7 @@ import signal
 import subprocess
 import sys
 import time
+import types
 from pathlib import Path
 
 import numpy as np
@@ -18,6 +20,7 @@ import pytest
 import torch as th
 from conftest import tiny_config
 
+from rl_lib import callbacks
 from rl_lib.agents import MaskableDQN, load_model
 from rl_lib.checkpoints import CheckpointManager, adaptive_checkpoint_freq
 from rl_lib.cli import main
@@ -26,6 +29,12 @@ from rl_lib.training import EXIT_DISK_BUDGET, EXIT_DIVERGED, EXIT_INTERRUPTED, t
 
 ROOT = Path(__file__).resolve().parents[1]
 QUIET = {"log": lambda *a: None}
+
+
+def stop_at(step: int):
+    """An ``on_evaluation`` that stops the run at its evaluation of ``step`` (the next checkpoint is
+    that step's): an interrupted run, at the same step on any machine."""
+    return lambda record, history: record["step"] >= step
 
 
 def metadata(run_dir: Path, name: str = "tiny") -> dict:
@@ -194,9 +203,14 @@ def test_corrupted_latest_checkpoint_falls_back_to_the_previous_one(reference_ru
     assert not list((run_dir / "checkpoints").glob("*.manifest.json"))
 
 
-def test_wall_time_budget_stops_cleanly_and_the_run_resumes(reference_run, tmp_path, capsys):
+def test_wall_time_budget_stops_cleanly_and_the_run_resumes(reference_run, tmp_path, monkeypatch):
     run_dir = tmp_path / "budget"
     config = tiny_config(total_timesteps=5_000)
+    # The budget's clock advances 1 ms each time it is read (once per rollout): the budget runs out
+    # after the same number of rollouts however fast the machine is.
+    ticks = itertools.count()
+    clock = types.SimpleNamespace(monotonic=lambda: next(ticks) / 1000, perf_counter=time.perf_counter)
+    monkeypatch.setattr(callbacks, "time", clock)
     result = train(config, run_dir, max_wall_time=2.0, **QUIET)
     assert result.status == "interrupted" and result.exit_code == EXIT_INTERRUPTED
     assert "wall-time budget" in result.reason
@@ -223,7 +237,7 @@ def test_sigterm_saves_and_exits_interrupted(tiny_yaml, tmp_path):
 def test_best_score_survives_a_resume_and_is_never_overwritten_by_a_worse_model(tmp_path):
     run_dir = tmp_path / "best"
     config = tiny_config(total_timesteps=3_000)
-    first = train(config, run_dir, max_wall_time=2.0, **QUIET)
+    first = train(config, run_dir, on_evaluation=stop_at(1_000), **QUIET)
     assert first.status == "interrupted"
     manager = CheckpointManager(run_dir, "tiny")
     # Pretend a better model was saved after the last checkpoint, then the process died.
@@ -300,7 +314,7 @@ def test_tensorboard_curves_continue_in_the_same_folder_after_a_resume(tmp_path)
 
     run_dir = tmp_path / "tb"
     config = tiny_config(total_timesteps=3_000)
-    assert train(config, run_dir, max_wall_time=2.0, **QUIET).status == "interrupted"
+    assert train(config, run_dir, on_evaluation=stop_at(1_000), **QUIET).status == "interrupted"
     train(config, run_dir, **QUIET)
     folders = list((run_dir / "tensorboard").iterdir())
     assert [f.name for f in folders] == ["tiny_1"]
@@ -375,7 +389,7 @@ def test_evaluation_refuses_unfinished_runs(tmp_path):
 
     runs = tmp_path / "runs"
     assert train(
-        tiny_config(total_timesteps=5_000), runs / "tiny_seed0", max_wall_time=2.0, **QUIET
+        tiny_config(total_timesteps=5_000), runs / "tiny_seed0", on_evaluation=stop_at(1_000), **QUIET
     ).status == ("interrupted")
     with pytest.raises(UserError, match=r"runs not completed: tiny_seed0 \(interrupted\)"):
         evaluate_step(str(tmp_path), n_test_days=1, hindsight=False)

@@ -382,3 +382,28 @@ def test_relative_differences_point_estimate():
     assert table.iloc[0]["rel_diff"] == pytest.approx(expected)
     # the difference is constant; the interval comes from the reference mean's own uncertainty
     assert 0 < table.iloc[0]["ci_low"] < expected < table.iloc[0]["ci_high"]
+
+
+def test_the_chapter_reads_a_study_stored_in_postgresql(tmp_path, postgresql_url):
+    """``make thesis TUNING=DIR TUNING_STORAGE=URL``: the study's trials are in PostgreSQL, its folder
+    holds trials.csv and the re-training's decision."""
+    from rl_lib.thesis.tuning import tuning_outputs
+
+    study_dir = tmp_path / "chapter"  # a study's name is its folder's
+    spec = tiny_spec(study_dir, storage=postgresql_url, pruning=False, timesteps_per_trial=300)
+    assert optimize(dataclasses.replace(spec, name="chapter"), 4) == 0
+    configs = {"default": tiny_config(), "trial3": tiny_config(dqn={"learning_rate": 0.005})}
+    (study_dir / "retrain").mkdir()
+    decision = decide(*_tables(2.0, 18.0), configs, list(range(5)), 3, 0.95, None)
+    (study_dir / "retrain" / "decision.json").write_text(json.dumps(decision))
+    figures, tables = tmp_path / "figures", tmp_path / "tables"
+    with pytest.raises(UserError, match="holds no study named 'chapter'"):
+        tuning_outputs(study_dir, figures, tables)  # the default storage: the folder's SQLite file
+    written = tuning_outputs(study_dir, figures, tables, storage=postgresql_url)
+    assert sorted(p.name for p in written) == [
+        "tuning_history.pdf", "tuning_importances.pdf", "tuning_parallel.pdf", "tuning_params.tex",
+        "tuning_retrain.tex",
+    ]  # fmt: skip
+    assert postgresql_url in (tables / "tuning_params.tex").read_text().splitlines()[0]
+    with pytest.raises(UserError, match="cannot open the study storage"):
+        tuning_outputs(study_dir, figures, tables, storage=postgresql_url.replace("/optuna?", "/absent?"))

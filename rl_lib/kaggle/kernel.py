@@ -147,6 +147,7 @@ def kernel_parameters(
     from rl_lib.config import to_dict
     from rl_lib.experiment import load_experiment
     from rl_lib.pipeline import check_train_parameters, load_configs
+    from rl_lib.run_record import run_dir_name
 
     names = notebook_parameters(notebook)
     unused = sorted(set(params) - set(names))
@@ -169,7 +170,7 @@ def kernel_parameters(
     experiments = load_configs(configs, params.get("overrides"))
     params["configs"] = [to_dict(load_experiment(c)) if isinstance(c, str) else c for c in configs]
     runs = [
-        {"run": f"{e.training.name}_seed{s}", "name": e.training.name, "seed": s,
+        {"run": run_dir_name(e.training.name, s), "name": e.training.name, "seed": s,
          "target": e.training.total_timesteps}
         for e in experiments
         for s in seeds

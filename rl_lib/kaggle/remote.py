@@ -33,7 +33,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from rl_lib.checkpoints import CheckpointManager
+from rl_lib.checkpoints import MANIFEST_SUFFIX, METADATA_SUFFIX, CheckpointManager, metadata_file
 from rl_lib.errors import UserError
 from rl_lib.io import atomic_write_json
 from rl_lib.kaggle import swap_into_place
@@ -43,7 +43,7 @@ from rl_lib.kaggle.kernel import (
     read_record,
     validate_kernel_folder,
 )
-from rl_lib.training import EXIT_COMPLETED, EXIT_DIVERGED, EXIT_INTERRUPTED
+from rl_lib.run_record import EXIT_COMPLETED, EXIT_DIVERGED, EXIT_INTERRUPTED, RUNS
 
 QUEUED, RUNNING, COMPLETE, ERROR = "queued", "running", "complete", "error"
 #: KernelWorkerStatus (kagglesdk) -> what we report.
@@ -54,7 +54,7 @@ UPLOADS = ".code_dataset_uploads.json"
 DATASET_FAILED = ("failed", "deleted", "error")
 #: Output files pulled in the first pass (the newest checkpoint of each run follows in a second).
 PULL_PATTERN = (
-    r"(_training_metadata\.json|/best_model/best_model\.(zip|json)|_final\.zip|\.manifest\.json"
+    rf"({re.escape(METADATA_SUFFIX)}|/best_model/best_model\.(zip|json)|_final\.zip|{re.escape(MANIFEST_SUFFIX)}"
     r"|/evaluations?/[^/]+\.(csv|json)|/tensorboard/.+)$"
 )
 #: Exit codes of :func:`run` besides those it shares with ``rl-lib train`` (completed 0, interrupted 3,
@@ -251,29 +251,28 @@ def wait(
         waited += step
 
 
-def _newest_checkpoints(staging: Path) -> list[Path]:
-    """The newest manifest of each run dir under ``staging`` (older manifests are deleted)."""
-    newest = {}
-    for manifest in staging.rglob("*.manifest.json"):
-        match = re.search(r"_checkpoint_(\d+)_steps\.manifest\.json$", manifest.name)
-        if match is None:
-            continue
-        key = manifest.parent
-        if key not in newest or int(match.group(1)) > newest[key][0]:
-            newest[key] = (int(match.group(1)), manifest)
-    keep = {m for _, m in newest.values()}
-    for manifest in staging.rglob("*.manifest.json"):
+def _newest_checkpoints(staging: Path) -> list[tuple[CheckpointManager, Path]]:
+    """The newest checkpoint manifest of each run dir under ``staging`` (a folder holding a run's
+    metadata), with the run's checkpoint manager; every other manifest is deleted."""
+    newest = []
+    for metadata in sorted(staging.rglob(f"*{METADATA_SUFFIX}")):
+        manager = CheckpointManager(metadata.parent, metadata.name.removesuffix(METADATA_SUFFIX))
+        manifests = manager.manifests()
+        if manifests:
+            newest.append((manager, manifests[0][1]))
+    keep = {manifest for _, manifest in newest}
+    for manifest in staging.rglob(f"*{MANIFEST_SUFFIX}"):
         if manifest not in keep:
             manifest.unlink()
-    return sorted(keep)
+    return newest
 
 
-def _manifest_files(manifest: Path) -> list[str]:
+def _listed_files(manifest: Path) -> list[str]:
+    """The files a manifest lists beside it; none when it is unreadable (its verification says why)."""
     try:
-        files = json.loads(manifest.read_text())["files"]
-    except (OSError, ValueError, KeyError, TypeError):
+        return [f for f in CheckpointManager.manifest_entries(manifest) if "/" not in f]
+    except ValueError:
         return []
-    return [f for f in files if isinstance(f, str) and "/" not in f] if isinstance(files, dict) else []
 
 
 def pull(
@@ -293,15 +292,14 @@ def pull(
     staging.mkdir(parents=True)
     try:
         api.kernels_output(kernel_id, str(staging), file_pattern=PULL_PATTERN, force=True, quiet=True)
-        manifests = _newest_checkpoints(staging)
-        if manifests:
-            files = sorted((m.parent / f).relative_to(staging).as_posix() for m in manifests
-                           for f in _manifest_files(m))  # fmt: skip
+        newest = _newest_checkpoints(staging)
+        if newest:
+            files = sorted((m.parent / f).relative_to(staging).as_posix() for _, m in newest
+                           for f in _listed_files(m))  # fmt: skip
             pattern = rf"^({'|'.join(re.escape(f) for f in files)})$"
             api.kernels_output(kernel_id, str(staging), file_pattern=pattern, force=True, quiet=True)
-        for manifest in manifests:  # a torn download must not pass for a checkpoint
-            name = manifest.name.split("_checkpoint_")[0]
-            problem = CheckpointManager(manifest.parent.parent, name).verify(manifest)
+        for manager, manifest in newest:  # a torn download must not pass for a checkpoint
+            problem = manager.verify(manifest)
             if problem is not None:
                 raise KaggleError(f"{kernel_id}: the pulled checkpoint {manifest.relative_to(staging)} is "
                                   f"broken ({problem}); pull again")  # fmt: skip
@@ -350,7 +348,7 @@ def progress(results: Path, record: dict) -> Progress:
     """The :class:`Progress` of the runs a kernel record names, in a pulled results folder."""
     statuses, reasons, done, target = {}, {}, 0, 0
     for run in record["runs"]:
-        path = Path(results) / "runs" / run["run"] / f"{run['name']}_training_metadata.json"
+        path = Path(results) / RUNS / run["run"] / metadata_file(run["name"])
         try:
             meta = json.loads(path.read_text())
         except (OSError, ValueError):
@@ -388,6 +386,7 @@ def run(
     reached with runs still interrupted; 4: a run diverged; 5: a version made no progress (e.g. the
     disk budget refused a save).
     """
+
     kernel = build_for_push(api, name, params_file, log=log, kernels_dir=kernels_dir, **build)
     record, kernel_id = kernel.record, kernel.kernel_id
     versions = max_versions or int(record["max_versions"])

@@ -17,8 +17,8 @@ between Kaggle versions: ``/kaggle/input/SLUG/...``, ``/kaggle/input/notebooks/O
 2. the wall-time budget becomes a deadline: ``max_wall_time`` seconds from now, by default the
    session limit minus a safety margin (:data:`SESSION_LIMIT_S` - :data:`SESSION_MARGIN_S`);
 3. the disk budget is for the whole working dir (``/kaggle/working`` holds 20 GB for everything):
-   by default :data:`rl_lib.training.KAGGLE_DISK_BUDGET` (18 GB); the caller splits it evenly
-   across the runs, since they all share it.
+   by default :data:`rl_lib.checkpoints.KAGGLE_DISK_BUDGET`; the caller splits it evenly across the
+   runs, since they all share it.
 
 For tests (and emulation on any machine), the paths come from ``RL_LIB_KAGGLE_INPUT`` and
 ``RL_LIB_KAGGLE_WORKING`` when set; "on Kaggle" is :func:`rl_lib.training.on_kaggle`
@@ -36,9 +36,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from rl_lib.checkpoints import Checkpoint, CheckpointManager
+from rl_lib.checkpoints import Checkpoint, CheckpointManager, kaggle_disk_budget, metadata_file
 from rl_lib.errors import UserError
 from rl_lib.kaggle import swap_into_place
+from rl_lib.run_record import RUNS, run_dir_name
 
 if TYPE_CHECKING:
     from rl_lib.experiment import ExperimentConfig
@@ -69,10 +70,6 @@ def default_wall_time() -> float:
     return SESSION_LIMIT_S - SESSION_MARGIN_S
 
 
-def run_dir_name(name: str, seed: int) -> str:
-    return f"{name}_seed{seed}"
-
-
 def newest_verified_step(run_dir: Path, name: str) -> int | None:
     """Step of the newest checkpoint of ``run_dir`` whose files match its manifest, or None.
 
@@ -101,7 +98,7 @@ def find_run_copies(
     """
     from rl_lib.training import config_difference
 
-    wanted_dir, metadata = run_dir_name(name, seed), f"{name}_training_metadata.json"
+    wanted_dir, metadata = run_dir_name(name, seed), metadata_file(name)
     found: list[Path] = []
     if not root.is_dir():
         return found
@@ -146,7 +143,7 @@ def _copy_run(source: Path, target: Path, name: str, step: int | None) -> None:
     if step is not None:
         manager = CheckpointManager(source, name)
         manifest = Checkpoint(step, manager.stem(step)).manifest
-        files = list(json.loads(manifest.read_text())["files"])
+        files = list(manager.manifest_entries(manifest))  # verified by the caller: readable
         (staging / "checkpoints").mkdir()
         for filename in files:
             shutil.copyfile(manifest.parent / filename, staging / "checkpoints" / filename)
@@ -180,7 +177,7 @@ def bring_run_from_input(
         return None
     best_step, _, source = max(candidates)
     target = runs_dir / run_dir_name(name, seed)
-    if (target / f"{name}_training_metadata.json").is_file():
+    if (target / metadata_file(name)).is_file():
         here = newest_verified_step(target, name)
         if (-1 if here is None else here) >= best_step:
             return None
@@ -215,13 +212,11 @@ def prepare_session(
     :param results_dir: the results folder; a relative one (without ``..``) lies under the working dir.
     :param runs: ``(name, seed)`` of every run the step trains.
     :param max_wall_time: seconds the whole step may train (default: :func:`default_wall_time`).
-    :param disk_budget: bytes all runs may hold together (default: 18 GB).
+    :param disk_budget: bytes all runs may hold together (default:
+        :data:`~rl_lib.checkpoints.KAGGLE_DISK_BUDGET`).
     :param configs: run name -> its experiment config, for every run of ``runs``: a run is brought
         only from copies of its configuration (:func:`find_run_copies`).
     """
-    from rl_lib.run_record import RUNS
-    from rl_lib.training import KAGGLE_DISK_BUDGET
-
     base = Path(results_dir)
     if base.is_absolute():
         working = working_dir().resolve()
@@ -234,7 +229,7 @@ def prepare_session(
     else:
         base = working_dir() / base
     runs_dir = base / RUNS
-    budget = KAGGLE_DISK_BUDGET if disk_budget is None else disk_budget
+    budget = kaggle_disk_budget(disk_budget)
     wall = default_wall_time() if max_wall_time is None else max_wall_time
     deadline = time.time() + wall
     brought = tuple(

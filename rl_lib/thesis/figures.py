@@ -14,10 +14,10 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 from matplotlib.axes import Axes
-from scipy import stats
 
 from rl_lib import run_record
 from rl_lib.errors import UserError
+from rl_lib.stats import iqm, stratified_bootstrap_ci
 from rl_lib.thesis.style import (
     aggregate_values,
     check_lang,
@@ -67,20 +67,6 @@ def evaluation_table(run_dirs: Sequence[Path]) -> tuple[pd.DataFrame, list[Path]
     return pd.concat(frames, ignore_index=True), sources
 
 
-def iqm_with_ci(values: np.ndarray, rng: np.random.Generator) -> tuple[float, float, float]:
-    """IQM of ``values`` (one per seed) and its 95 % percentile-bootstrap interval over seeds.
-
-    The IQM is ``trim_mean(x, 0.25)``, as ``rl_lib.stats.iqm``. With one seed there is nothing to
-    resample: the interval is the value itself (the figure then shows the bare curve).
-    """
-    point = float(stats.trim_mean(values, 0.25))
-    if values.size < 2:
-        return point, point, point
-    resampled = values[rng.integers(0, values.size, size=(BOOTSTRAP_RESAMPLES, values.size))]
-    low, high = np.percentile(stats.trim_mean(resampled, 0.25, axis=1), [2.5, 97.5])
-    return point, float(low), float(high)
-
-
 def seed_curves(evaluations: pd.DataFrame, column: str) -> pd.DataFrame:
     """One algorithm's ``column`` as (steps, seeds), on the steps every seed has evaluated.
 
@@ -97,14 +83,21 @@ def seed_curves(evaluations: pd.DataFrame, column: str) -> pd.DataFrame:
 
 
 def plot_iqm_band(ax: Axes, wide: pd.DataFrame, algo: str, scale: float, name: str | None) -> None:
-    """IQM curve of one algorithm over its seeds (columns of ``wide``), with the bootstrap band.
+    """IQM curve of one algorithm over its seeds (columns of ``wide``), with its 95 % bootstrap band.
+
+    At each step the seeds are the sample: :func:`rl_lib.stats.stratified_bootstrap_ci` on that step's
+    (seeds x 1) score matrix, whose day draw is then void, so the band is the percentile interval of
+    the IQM over seeds resampled with replacement (a single seed: the band is the curve itself).
 
     :param scale: display factor of the values (100 for a rate shown in %).
     :param name: legend label (None: not in the legend).
     """
-    rng = np.random.default_rng(BOOTSTRAP_SEED)
-    rows = np.array([iqm_with_ci(values, rng) for values in wide.to_numpy(dtype=float)]) * scale
     steps = wide.index.to_numpy()
+    matrices = {
+        str(step): values[:, np.newaxis] for step, values in zip(steps, wide.to_numpy(float), strict=True)
+    }
+    intervals = stratified_bootstrap_ci(matrices, iqm, BOOTSTRAP_RESAMPLES, 0.95, BOOTSTRAP_SEED)
+    rows = np.array(list(intervals.values())) * scale
     color = policy_color(algo)
     ax.plot(steps, rows[:, 0], color=color, label=name)
     ax.fill_between(steps, rows[:, 1], rows[:, 2], color=color, alpha=0.2, linewidth=0)

@@ -304,7 +304,7 @@ def paired_differences_table(
                      tabular("l" + "c" * (len(kpis) + 1), header, body, notes))  # fmt: skip
 
 
-#: Rows of :func:`hyperparameters_table`: DQN config key -> label.
+#: Rows of :func:`hyperparameters_table` (a DQN's, then a PPO's own): row key -> label.
 HYPERPARAMETERS = {
     "net_arch": {"fr": "Réseau $Q_\\theta$ (ReLU)", "en": "$Q_\\theta$ network (ReLU)"},
     "double_q": {"fr": "Cible Double DQN", "en": "Double DQN target"},
@@ -322,31 +322,52 @@ HYPERPARAMETERS = {
     "exploration": {"fr": "Exploration $\\varepsilon$", "en": "Exploration $\\varepsilon$"},
     "max_grad_norm": {"fr": "Norme maximale du gradient", "en": "Maximum gradient norm"},
     "total_timesteps": {"fr": "Pas d'entraînement", "en": "Training steps"},
+    "actor_critic": {"fr": "Réseau acteur-critique", "en": "Actor-critic network"},
+    "rollout_steps": {"fr": "Pas par collecte", "en": "Steps per rollout"},
+    "n_epochs": {"fr": "Passes sur chaque collecte", "en": "Epochs per rollout"},
+    "gae_lambda": {"fr": "$\\lambda$ de l'estimateur GAE", "en": "GAE $\\lambda$"},
+    "clip_range": {"fr": "Écrêtage du rapport de probabilités", "en": "Probability ratio clip range"},
+    "ent_coef": {"fr": "Coefficient d'entropie", "en": "Entropy coefficient"},
 }
 
 
 def hyperparameters_table(
     config: Mapping, out: str | Path, lang: str = "fr", *, sources: Sequence[str | Path]
 ) -> Path:
-    """The DQN hyperparameters of the evaluated runs, read from their recorded configuration.
+    """The agent's hyperparameters, read from the evaluated runs' recorded configuration: the DQN's
+    or the MaskablePPO's (``training.algo``), with the training steps.
 
     :param config: a run's ``config`` (its metadata), i.e. ``rl_lib.config.to_dict(ExperimentConfig)``.
     :param out: .tex path or folder (default name ``hyperparameters.tex``).
     """
     check_lang(lang)
-    d, training = config["training"]["dqn"], config["training"]
+    training = config["training"]
+    rows = _ppo_rows if training["algo"] == "maskable_ppo" else _dqn_rows
+    values = {**rows(training, lang), "total_timesteps": str(int(training["total_timesteps"]))}
+    body = [f"{HYPERPARAMETERS[k][lang]} & {v}" for k, v in values.items()]
+    return write_tex(output_path(out, "hyperparameters", lang, ".tex"),
+                     [source_note("tables.hyperparameters_table", sources)],
+                     tabular("ll", [label("parameter", lang), label("value", lang)], body))  # fmt: skip
+
+
+def _network(d: Mapping, lang: str) -> str:
+    """The network of a DQN or PPO config section: the fleet network's width and context, or the MLP."""
+    if d.get("network", "mlp") != "fleet":
+        return "MLP " + "--".join(str(int(n)) for n in d["net_arch"])
+    context = {"deepsets": "DeepSets", "attention": "attention"}[d["fleet_context"]]
+    width = int(d["fleet_hidden"])
+    return (rf"partagé par véhicule, largeur {width} ({context})" if lang == "fr"
+            else rf"shared per vehicle, width {width} ({context})")  # fmt: skip
+
+
+def _dqn_rows(training: Mapping, lang: str) -> dict[str, str]:
+    d = training["dqn"]
     steps = "des pas" if lang == "fr" else "of steps"
     fleet = d.get("network", "mlp") == "fleet"
-    if fleet:
-        context = {"deepsets": "DeepSets", "attention": "attention"}[d["fleet_context"]]
-        network = (rf"partagé par véhicule, largeur {int(d['fleet_hidden'])} ({context})" if lang == "fr"
-                   else rf"shared per vehicle, width {int(d['fleet_hidden'])} ({context})")  # fmt: skip
-    else:
-        network = "MLP " + "--".join(str(int(n)) for n in d["net_arch"])
     yes, no = ("oui", "non") if lang == "fr" else ("yes", "no")
     tau = d.get("discount_tau_min")
-    values = {  # numbers only: LaTeX-ready as they are
-        "net_arch": network + (", " + (yes if d["dueling"] else no) + " duelling" if fleet else ""),
+    return {  # numbers only: LaTeX-ready as they are
+        "net_arch": _network(d, lang) + (", " + (yes if d["dueling"] else no) + " duelling" if fleet else ""),
         "double_q": yes if d.get("double_q") else no,
         "reward_scale": f"{d.get('reward_scale', 1.0):g}",
         "n_steps": str(int(d.get("n_steps", 1))),
@@ -364,12 +385,60 @@ def hyperparameters_table(
         "exploration": rf"${d['exploration_initial_eps']:g} \to {d['exploration_final_eps']:g}$, "
         rf"{100 * d['exploration_fraction']:g}~\% {steps}",
         "max_grad_norm": f"{d['max_grad_norm']:g}",
-        "total_timesteps": str(int(training["total_timesteps"])),
     }
-    body = [f"{HYPERPARAMETERS[k][lang]} & {v}" for k, v in values.items()]
-    return write_tex(output_path(out, "hyperparameters", lang, ".tex"),
-                     [source_note("tables.hyperparameters_table", sources)],
-                     tabular("ll", [label("parameter", lang), label("value", lang)], body))  # fmt: skip
+
+
+def _ppo_rows(training: Mapping, lang: str) -> dict[str, str]:
+    p = training["ppo"]
+    return {
+        "actor_critic": _network(p, lang),
+        "learning_rate": f"{p['learning_rate']:g}",
+        "rollout_steps": str(int(p["n_steps"])),
+        "batch_size": str(int(p["batch_size"])),
+        "n_epochs": str(int(p["n_epochs"])),
+        "gamma": f"{p['gamma']:g}",
+        "gae_lambda": f"{p['gae_lambda']:g}",
+        "clip_range": f"{p['clip_range']:g}",
+        "ent_coef": f"{p['ent_coef']:g}",
+        "max_grad_norm": f"{p['max_grad_norm']:g}",
+    }
+
+
+def gap_to_bound_table(
+    gap: pd.DataFrame, out: str | Path, lang: str = "fr", *, sources: Sequence[str | Path]
+) -> Path:
+    """Every policy's distance to the hindsight bound: the mean over test days of (bound - policy),
+    absolute and relative to the bound, each with its 95 % CI (``evaluation/gap_to_bound.csv``,
+    :func:`rl_lib.stats.gap_to_bound`). Relative gaps in %.
+
+    :param gap: ``rl_lib.stats.gap_to_bound`` output (one KPI).
+    :param out: .tex path or folder (default name ``gap_to_bound.tex``).
+    :raises ValueError: a table without the gap columns, or with several KPIs.
+    """
+    check_lang(lang)
+    columns = ("abs_gap", "rel_gap")
+    missing = [f"{c}{end}" for c in columns for end in ("", "_ci_low", "_ci_high") if f"{c}{end}" not in gap]
+    if missing or "kpi" not in gap or gap["kpi"].nunique() != 1:
+        raise ValueError("expected the output of rl_lib.stats.gap_to_bound for one KPI"
+                         + (f"; missing column(s) {', '.join(missing)}" if missing else ""))  # fmt: skip
+    rows = gap.set_index("policy")
+    policies = ordered_policies(rows.index)
+    scale = {"abs_gap": 1.0, "rel_gap": 100.0}
+    digits = {c: decimals(scale[c] * (rows[f"{c}_ci_high"] - rows[f"{c}_ci_low"]).to_numpy() / 2,
+                          scale[c] * rows[c].to_numpy()) for c in columns}  # fmt: skip
+    body = []
+    for policy in policies:
+        r = rows.loc[policy]
+        cells = [interval_cell(scale[c] * r[c], scale[c] * r[f"{c}_ci_low"], scale[c] * r[f"{c}_ci_high"],
+                               digits[c]) for c in columns]  # fmt: skip
+        body.append(" & ".join([latex_escape(policy_label(policy, lang)), *cells]))
+    kpi = str(gap["kpi"].iloc[0])
+    header = [label("policy", lang), two_lines(label("abs_gap", lang), f"({label(kpi, lang)})"),
+              header_cell(label("rel_gap", lang))]  # fmt: skip
+    described = f"Cells: bound - policy on {kpi}, mean over the test days [95 % CI]; relative gap in %."
+    return write_tex(output_path(out, "gap_to_bound", lang, ".tex"),
+                     [source_note("tables.gap_to_bound_table", sources), described],
+                     tabular("lcc", header, body))  # fmt: skip
 
 
 def inference_table(

@@ -24,38 +24,19 @@ from unittest import mock
 import optuna
 import pandas as pd
 
-from rl_lib.thesis.style import check_lang, figure_size, output_path, save_figure, source_note, thesis_style
+from rl_lib.thesis.style import (
+    check_lang,
+    figure_size,
+    label,
+    output_path,
+    save_figure,
+    source_note,
+    thesis_style,
+)
 from rl_lib.thesis.tables import interval_cell, latex_escape, number, tabular, write_tex
 from rl_lib.tuning.study import quiet_experimental
 
 IMPORTANCE_EVALUATOR = "PED-ANOVA"
-
-TEXT: dict[str, dict[str, str]] = {
-    "objective": {"fr": "Récompense de validation", "en": "Validation reward"},
-    "trial": {"fr": "Essai", "en": "Trial"},
-    "best": {"fr": "Meilleure valeur", "en": "Best value"},
-    "importance": {
-        "fr": f"Importance ({IMPORTANCE_EVALUATOR})",
-        "en": f"Importance ({IMPORTANCE_EVALUATOR})",
-    },
-    "parameter": {"fr": "Paramètre", "en": "Parameter"},
-    "range": {"fr": "Intervalle exploré", "en": "Range searched"},
-    "default": {"fr": "Défaut", "en": "Default"},
-    "candidate": {"fr": "Configuration", "en": "Configuration"},
-    "iqm": {"fr": "Récompense (IQM)", "en": "Reward (IQM)"},
-    "diff": {"fr": "Écart au défaut", "en": "Difference to default"},
-    "gain": {"fr": "Gain relatif (%)", "en": "Relative gain (%)"},
-    "plan": {
-        "fr": "Le plan initial espérait +{low} à {high} %.",
-        "en": "The original plan hoped for +{low}-{high} %.",
-    },
-    "log": {"fr": "log", "en": "log"},
-}
-
-
-def text(key: str, lang: str) -> str:
-    check_lang(lang)
-    return TEXT[key][lang]
 
 
 @contextmanager
@@ -85,11 +66,11 @@ def optimization_history(study: optuna.Study, out: str | Path, lang: str = "fr",
     from optuna.visualization.matplotlib import plot_optimization_history
 
     with _thesis_styled_optuna(figure_size(aspect=0.5)):
-        ax = plot_optimization_history(study, target_name=text("objective", lang))
+        ax = plot_optimization_history(study, target_name=label("validation_reward", lang))
         _clear_titles(ax)
-        ax.set_xlabel(text("trial", lang))
-        ax.legend(ax.get_legend_handles_labels()[0], [text("objective", lang), text("best", lang)],
-                  loc="lower right")  # fmt: skip
+        ax.set_xlabel(label("trial", lang))
+        names = [label("validation_reward", lang), label("best_value", lang)]
+        ax.legend(ax.get_legend_handles_labels()[0], names, loc="lower right")
         return save_figure(ax.figure, output_path(out, "tuning_history", lang, ".pdf"),
                            source_note("tuning.optimization_history", sources))  # fmt: skip
 
@@ -102,11 +83,11 @@ def param_importances(study: optuna.Study, out: str | Path, lang: str = "fr", *,
 
     with _thesis_styled_optuna(figure_size(aspect=0.5)):
         ax = plot_param_importances(study, evaluator=PedAnovaImportanceEvaluator(),
-                                    target_name=text("objective", lang))  # fmt: skip
+                                    target_name=label("validation_reward", lang))  # fmt: skip
         _clear_titles(ax)
         ax.get_legend().remove()
-        ax.set_xlabel(text("importance", lang))
-        ax.set_ylabel(text("parameter", lang))
+        ax.set_xlabel(label("importance", lang).format(evaluator=IMPORTANCE_EVALUATOR))
+        ax.set_ylabel(label("parameter", lang))
         return save_figure(ax.figure, output_path(out, "tuning_importances", lang, ".pdf"),
                            source_note("tuning.param_importances", sources))  # fmt: skip
 
@@ -121,7 +102,7 @@ def parallel_coordinates(study: optuna.Study, out: str | Path, lang: str = "fr",
     with _thesis_styled_optuna(figure_size(aspect=0.55)):
         importances = get_param_importances(study, evaluator=PedAnovaImportanceEvaluator())
         ax = plot_parallel_coordinate(study, params=list(importances)[:n_params],
-                                      target_name=text("objective", lang))  # fmt: skip
+                                      target_name=label("validation_reward", lang))  # fmt: skip
         _clear_titles(ax)
         for tick in ax.get_xticklabels():
             tick.set_rotation(30)
@@ -142,20 +123,20 @@ def params_table(study: optuna.Study, trials: pd.DataFrame, out: str | Path, lan
     defaults = {**dqn, "one_minus_gamma": 1 - dqn["gamma"], "net_width": dqn["net_arch"][0],
                 "net_depth": len(dqn["net_arch"])}  # fmt: skip
     best = best_trials(study, top)
-    header = [latex_escape(text(k, lang)) for k in ("parameter", "range", "default")]
+    header = [latex_escape(label(k, lang)) for k in ("parameter", "range_searched", "default")]
     header += [rf"\#{t.number}" for t in best]
     body = []
     for name, dist in space.spec.items():
         if dist["type"] == "categorical":
             searched = r"\{" + ", ".join(_value(c) for c in dist["choices"]) + r"\}"
         else:
-            scale = f" ({text('log', lang)})" if dist.get("log") else ""
+            scale = f" ({label('log', lang)})" if dist.get("log") else ""
             searched = f"[{_value(dist['low'])}, {_value(dist['high'])}]{scale}"
         cells = [latex_escape(name), searched, _value(defaults.get(name))]
         cells += [_value(t.params.get(name)) for t in best]
         body.append(" & ".join(cells))
     values = [rf"\textbf{{{number(t.value, 1)}}}" for t in best]
-    body += [r"\midrule", " & ".join([latex_escape(text("objective", lang)), "", ""] + values)]
+    body += [r"\midrule", " & ".join([latex_escape(label("validation_reward", lang)), "", ""] + values)]
     completed = int((trials["state"] == "COMPLETE").sum())
     pruned = int((trials["state"] == "PRUNED").sum())
     note = (f"{len(trials)} essais : {completed} terminés, {pruned} élagués." if lang == "fr"
@@ -179,7 +160,7 @@ def retrain_table(
     """The re-training on fresh seeds (``decision.json`` of rl_lib.tuning.retrain): one row per config."""
     check_lang(lang)
     low, high = decision["default_iqm_ci"]
-    body = [rf"{text('default', lang)} & {interval_cell(decision['default_iqm'], low, high, 1)} & -- & --"]
+    body = [rf"{label('default', lang)} & {interval_cell(decision['default_iqm'], low, high, 1)} & -- & --"]
     for row in decision["candidates"]:
         gain = [100 * v for v in (row["relative_gain"], *row["relative_gain_ci"])]
         name = row["candidate"].replace("trial", r"essai \#" if lang == "fr" else r"trial \#")
@@ -210,9 +191,11 @@ def retrain_table(
             if decision["winner"]
             else "No configuration beats the default with a CI excluding 0."
         )
-    header = [latex_escape(text(k, lang)) for k in ("candidate", "iqm", "diff", "gain")]
+    header = [
+        latex_escape(label(k, lang)) for k in ("candidate", "reward_iqm", "diff_default", "relative_gain")
+    ]
     notes = [latex_escape(setting).replace(" x ", r" $\times$ "), latex_escape(verdict),
-             latex_escape(text("plan", lang).format(low=plan_low, high=plan_high))]  # fmt: skip
+             latex_escape(label("plan_gain", lang).format(low=plan_low, high=plan_high))]  # fmt: skip
     note = source_note("tuning.retrain_table", sources)
     path = output_path(out, "tuning_retrain", lang, ".tex")
     return write_tex(path, [note], tabular("lccc", header, body, notes))
@@ -226,10 +209,10 @@ def tuning_outputs(study_dir: str | Path, figures_dir: str | Path, tables_dir: s
                    lang: str = "fr", storage: str | None = None) -> list[Path]:  # fmt: skip
     """Every tuning figure and table from a study folder (``trials.csv``, ``retrain/decision.json``).
 
-    :param storage: the study's storage URL (default: the SQLite file in the folder).
+    :param storage: the study's storage URL, e.g. PostgreSQL's (default: the SQLite file in the folder).
     """
     from rl_lib.errors import UserError
-    from rl_lib.tuning.study import default_storage_url
+    from rl_lib.tuning.study import default_storage_url, open_storage
 
     study_dir = Path(study_dir)
     decision_path, trials_path = study_dir / "retrain" / "decision.json", study_dir / "trials.csv"
@@ -240,7 +223,7 @@ def tuning_outputs(study_dir: str | Path, figures_dir: str | Path, tables_dir: s
             )
     url = storage or default_storage_url(study_dir)
     try:  # a study's folder is OUT/STUDY (rl_lib.tuning.study.make_spec): the name is the folder's
-        study = optuna.load_study(study_name=study_dir.name, storage=url)
+        study = optuna.load_study(study_name=study_dir.name, storage=open_storage(url))
     except KeyError:
         raise UserError(f"{url} holds no study named {study_dir.name!r}; pass the study's storage") from None
     trials = pd.read_csv(trials_path)

@@ -1,6 +1,18 @@
-"""Optuna hyperparameter search for the DQN (space, study, re-training of the best trials)."""
+"""Optuna hyperparameter search for the DQN (space, study, re-training of the best trials).
 
-from rl_lib.tuning.space import DEFAULT_SPACE, SearchSpace
-from rl_lib.tuning.study import StudySpec, TuneSettings, load_study, optimize
+The names below load on first use (:func:`rl_lib.lazy.lazy_attributes`): ``rl-lib --help`` imports
+:mod:`rl_lib.tuning.cli`, and with it this package, which must not pull Optuna and torch.
+"""
 
-__all__ = ["DEFAULT_SPACE", "SearchSpace", "StudySpec", "TuneSettings", "load_study", "optimize"]
+from rl_lib.lazy import lazy_attributes
+
+_LAZY = {
+    "DEFAULT_SPACE": "rl_lib.tuning.space",
+    "SearchSpace": "rl_lib.tuning.space",
+    "StudySpec": "rl_lib.tuning.study",
+    "TuneSettings": "rl_lib.tuning.settings",
+    "load_study": "rl_lib.tuning.study",
+    "optimize": "rl_lib.tuning.study",
+}
+__all__ = list(_LAZY)
+__getattr__, __dir__ = lazy_attributes(__name__, _LAZY)

@@ -8,7 +8,8 @@ import os
 
 def cmd_tune(args: argparse.Namespace) -> int:
     from rl_lib.tuning.retrain import retrain
-    from rl_lib.tuning.study import TuneSettings, make_spec, optimize
+    from rl_lib.tuning.settings import TuneSettings
+    from rl_lib.tuning.study import make_spec, optimize
 
     settings = TuneSettings(
         timesteps_per_trial=args.timesteps_per_trial,
@@ -41,7 +42,9 @@ def cmd_tune(args: argparse.Namespace) -> int:
 
 def add_tune_command(sub: argparse._SubParsersAction) -> None:
     from rl_lib.argtypes import non_negative_int, positive_int
+    from rl_lib.tuning.settings import TuneSettings
 
+    default = TuneSettings()
     p = sub.add_parser("tune", help="Optuna search of DQN hyperparameters, then re-training of the best")
     p.add_argument("--config", default="configs/dqn.yaml", help="base experiment YAML (algo dqn)")
     p.add_argument("--trials", type=positive_int, default=50, help="trials in the study (default 50)")
@@ -50,12 +53,17 @@ def add_tune_command(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--storage", help="SQLAlchemy URL shared by workers on several machines, e.g. "
                    "postgresql+psycopg://user@host/db (default: SQLite in the study folder)")  # fmt: skip
     p.add_argument("--workers", type=positive_int, help="processes here (default: one per CPU core)")
-    p.add_argument("--timesteps-per-trial", type=positive_int, default=20_000)
-    p.add_argument("--evaluations-per-trial", type=positive_int, default=10, help="reports to the pruner")
-    p.add_argument("--eval-episodes", type=positive_int, default=5, help="validation days per evaluation")
+    p.add_argument("--timesteps-per-trial", type=positive_int, default=default.timesteps_per_trial,
+                   help=f"training steps of one trial (default {default.timesteps_per_trial})")  # fmt: skip
+    p.add_argument("--evaluations-per-trial", type=positive_int, default=default.n_evaluations,
+                   help=f"reports to the pruner (default {default.n_evaluations})")  # fmt: skip
+    p.add_argument("--eval-episodes", type=positive_int, default=default.n_eval_episodes,
+                   help=f"validation days per evaluation (default {default.n_eval_episodes})")  # fmt: skip
     p.add_argument("--space", help="search-space YAML (default: configs/dqn_space.yaml's built-in copy)")
-    p.add_argument("--seed", type=non_negative_int, default=0, help="sampler seed")
-    p.add_argument("--no-pruning", dest="pruning", action="store_false", help="run every trial to the end")
+    p.add_argument("--seed", type=non_negative_int, default=default.seed,
+                   help=f"sampler seed (default {default.seed})")  # fmt: skip
+    p.add_argument("--no-pruning", dest="pruning", action="store_false", default=default.pruning,
+                   help="run every trial to the end")  # fmt: skip
     p.add_argument("--max-wall-time", type=float, help="seconds; stop cleanly, resume with the same command")
     p.add_argument("--device", choices=("auto", "cpu", "cuda"), default="cpu")
     p.add_argument("--retrain-top", type=non_negative_int, default=3, help="best trials re-trained (0: none)")

@@ -23,11 +23,11 @@ def tune_step(
     results_dir: str,
     n_trials: int = 50,
     workers: int = 1,
-    timesteps_per_trial: int = 20_000,
-    evaluations_per_trial: int = 10,
-    eval_episodes: int = 5,
-    seed: int = 0,
-    pruning: bool = True,
+    timesteps_per_trial: int | None = None,
+    evaluations_per_trial: int | None = None,
+    eval_episodes: int | None = None,
+    seed: int | None = None,
+    pruning: bool | None = None,
     overrides: dict[str, Any] | None = None,
     space: str | None = None,
     study: str = "dqn",
@@ -45,19 +45,24 @@ def tune_step(
 ) -> dict[str, Any]:
     """Run (or resume) the study, re-train its best trials on fresh seeds, write the tuning outputs.
 
+    :param timesteps_per_trial: training steps of one trial; this and the next four are the study's
+        :class:`~rl_lib.tuning.settings.TuneSettings` (``evaluations_per_trial`` its ``n_evaluations``,
+        ``eval_episodes`` its ``n_eval_episodes``), None taking its default.
     :param overrides: dotted-key overrides of the base config (the quick scale), as in ``train_step``.
     :param tuned_config: where a proven winner's config is written (None: nowhere).
     :return: ``trials`` (one row per trial), ``decision`` (the re-training's), ``outputs`` (paths).
     """
     from rl_lib.experiment import load_experiment, with_overrides
+    from rl_lib.run_record import EXIT_COMPLETED
     from rl_lib.thesis.tuning import tuning_outputs
     from rl_lib.tuning.retrain import retrain
-    from rl_lib.tuning.study import EXIT_COMPLETED, TuneSettings, make_spec, optimize
+    from rl_lib.tuning.settings import TuneSettings
+    from rl_lib.tuning.study import make_spec, optimize
 
     for name, value in (("n_trials", n_trials), ("workers", workers), ("retrain_top", retrain_top)):
         if not isinstance(value, int) or isinstance(value, bool) or value < 1:
             raise UserError(f"parameter {name}: expected a positive integer, got {value!r}")
-    settings = TuneSettings(
+    settings = TuneSettings.given(
         timesteps_per_trial=timesteps_per_trial,
         n_evaluations=evaluations_per_trial,
         n_eval_episodes=eval_episodes,

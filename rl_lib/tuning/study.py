@@ -58,8 +58,8 @@ from rl_lib.config import to_dict
 from rl_lib.errors import UserError
 from rl_lib.experiment import ExperimentConfig
 from rl_lib.io import atomic_write_csv
-from rl_lib.run_record import COMPLETED, DIVERGED, INTERRUPTED
-from rl_lib.training import EXIT_COMPLETED, EXIT_INTERRUPTED
+from rl_lib.run_record import COMPLETED, DIVERGED, EXIT_COMPLETED, EXIT_INTERRUPTED, INTERRUPTED
+from rl_lib.tuning.settings import TuneSettings
 from rl_lib.tuning.space import SearchSpace
 
 #: Training seeds of the tuning runs: TUNING_SEEDS_START + the trial's run number. Re-training
@@ -67,50 +67,6 @@ from rl_lib.tuning.space import SearchSpace
 TUNING_SEEDS_START = 1_000_000
 MAX_RETRY = 3  # a trial whose worker dies more often than this is left failed
 PRUNED = "pruned"  # the other trial outcomes are run statuses (rl_lib.run_record)
-
-
-@dataclass(frozen=True)
-class TuneSettings:
-    """What every trial of a study runs; fixed at creation (a resumed study must match).
-
-    :param timesteps_per_trial: training steps of one trial (the default budget: 50 trials run in
-        under an hour on a 2-core CPU with 2 workers; see BENCHMARKS.md).
-    :param n_evaluations: evaluations per trial, each reported to the pruner.
-    :param n_eval_episodes: validation days per evaluation.
-    :param seed: the sampler's seed.
-    :param pruning: MedianPruner on (True) or no pruning (False, the benchmark's reference).
-    :param n_startup_trials: TPE's random start-up trials.
-    :param pruner_startup_trials: trials completed before the pruner prunes anything.
-    :param pruner_warmup_evaluations: evaluations of a trial before it can be pruned.
-    """
-
-    timesteps_per_trial: int = 20_000
-    n_evaluations: int = 10
-    n_eval_episodes: int = 5
-    seed: int = 0
-    pruning: bool = True
-    n_startup_trials: int = 10
-    pruner_startup_trials: int = 5
-    pruner_warmup_evaluations: int = 3
-
-    def __post_init__(self) -> None:
-        for name in ("timesteps_per_trial", "n_evaluations", "n_eval_episodes"):
-            if not isinstance(getattr(self, name), int) or getattr(self, name) < 1:
-                raise UserError(
-                    f"tuning setting {name} must be a positive integer, got {getattr(self, name)!r}"
-                )
-        for name in ("seed", "n_startup_trials", "pruner_startup_trials", "pruner_warmup_evaluations"):
-            if not isinstance(getattr(self, name), int) or getattr(self, name) < 0:
-                raise UserError(f"tuning setting {name} must be a non-negative integer")
-        if self.timesteps_per_trial < 2 * self.n_evaluations:
-            raise UserError(
-                f"timesteps_per_trial ({self.timesteps_per_trial}) is too small for {self.n_evaluations} "
-                "evaluations per trial; raise it or lower n_evaluations"
-            )
-
-    @property
-    def eval_freq(self) -> int:
-        return self.timesteps_per_trial // self.n_evaluations
 
 
 @dataclass(frozen=True)
@@ -142,28 +98,30 @@ def default_storage_url(study_dir: Path) -> str:
 
 
 def make_storage(spec: StudySpec) -> optuna.storages.RDBStorage:
-    """The study's RDB storage with heartbeats; a bad or unreachable URL is a one-line UserError."""
+    """The study's RDB storage with heartbeats (:func:`open_storage`)."""
+    with quiet_experimental():
+        retry = optuna.storages.RetryHeartbeatStaleTrialCallback(MAX_RETRY)
+    return open_storage(spec.storage_url, heartbeat_interval=spec.heartbeat_interval,
+                        grace_period=spec.grace_period, heartbeat_stale_trial_callback=retry)  # fmt: skip
+
+
+def open_storage(url: str, **rdb: Any) -> optuna.storages.RDBStorage:
+    """The RDB storage at ``url`` (``rdb``: more RDBStorage arguments); a bad or unreachable URL, or a
+    missing driver, is a one-line UserError."""
     import sqlalchemy.exc
 
-    url = spec.storage_url
     if url.startswith("sqlite"):
         engine: dict[str, Any] = {"connect_args": {"timeout": 120}}  # workers wait for the file lock
     else:
         engine = {"pool_pre_ping": True}
     try:
         with quiet_experimental():
-            return optuna.storages.RDBStorage(
-                url,
-                engine_kwargs=engine,
-                heartbeat_interval=spec.heartbeat_interval,
-                grace_period=spec.grace_period,
-                heartbeat_stale_trial_callback=optuna.storages.RetryHeartbeatStaleTrialCallback(MAX_RETRY),
-            )
+            return optuna.storages.RDBStorage(url, engine_kwargs=engine, **rdb)
     except (sqlalchemy.exc.ArgumentError, sqlalchemy.exc.NoSuchModuleError, ValueError) as exc:
-        raise UserError(f"--storage {url!r} is not a usable database URL ({exc}); "
+        raise UserError(f"the storage {url!r} is not a usable database URL ({exc}); "
                         "e.g. sqlite:///study.db or postgresql+psycopg://user@host/db") from None  # fmt: skip
     except ImportError as exc:  # e.g. postgresql:// names psycopg2, which is not installed
-        raise UserError(f"--storage {url!r} needs a database driver that is not installed ({exc.name}); "
+        raise UserError(f"the storage {url!r} needs a database driver that is not installed ({exc.name}); "
                         'pip install -e ".[postgresql]" and use postgresql+psycopg://') from None  # fmt: skip
     except sqlalchemy.exc.OperationalError as exc:
         reason = str(exc.orig).strip().splitlines()[0] if exc.orig else str(exc)
