@@ -48,6 +48,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+from rl_lib.checkpoints import METADATA_SUFFIX
 from rl_lib.errors import UserError
 from rl_lib.io import FILE_MODE, atomic_write_json, fsync_dir, sha256_file
 
@@ -55,7 +56,6 @@ POINTER, DECISIONS, LOCK = "production.json", "decisions", ".lock"
 MANIFEST, METRICS, LINEAGE = "manifest.json", "metrics.json", "lineage.json"
 MODEL_ZIP, MODEL_RECORD = "best_model/best_model.zip", "best_model/best_model.json"
 ONNX_FP32 = "inference/best_q_fp32.onnx"  # rl_lib.inference.onnx_path(version_dir, "best")
-METADATA_SUFFIX = "_training_metadata.json"
 MANIFEST_SCHEMA = "rl_lib.registry.manifest/1"
 DECISION_SCHEMA = "rl_lib.registry.decision/1"
 DECISION_KINDS = ("promote", "rollback", "gate")
