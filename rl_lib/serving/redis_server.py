@@ -25,7 +25,7 @@ class LocalRedis:
     """
 
     def __init__(self, folder: str | Path, port: int | None = None, password: str | None = None) -> None:
-        self.folder = Path(folder)
+        self.folder = Path(folder).resolve()  # redis-server changes into --dir before opening its log
         self.port = free_port() if port == 0 else port
         self.password = password
         self.process: subprocess.Popen | None = None
