@@ -7,7 +7,7 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 
-.PHONY: venv quickstart test lint bench thesis serve serve-demo clean
+.PHONY: venv quickstart test lint bench thesis serve serve-demo feedback feedback-demo clean
 
 venv: $(STAMP)
 
@@ -15,7 +15,7 @@ $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip
 	$(BIN)/python -m pip install --quiet torch==2.13.0
-	$(BIN)/python -m pip install --quiet -e ".[dev,inference,kaggle,postgresql,serving]"
+	$(BIN)/python -m pip install --quiet -e ".[dev,inference,kaggle,postgresql,serving,feedback]"
 	touch $(STAMP)
 
 # The main job: the thesis pipeline at quick scale (params/quickstart.yaml), through the
@@ -46,9 +46,11 @@ lint: venv
 # texlive-latex-base texlive-latex-recommended texlive-pictures latexmk lmodern).
 RESULTS ?= results/thesis
 
-# TUNING=results/tune/dqn adds a study run by `rl-lib tune` outside the results folder.
+# TUNING=results/tune/dqn adds a study run by `rl-lib tune` outside the results folder; TUNING_STORAGE=URL
+# when that study is not in its folder's SQLite file (`rl-lib tune --storage`, e.g. PostgreSQL).
 thesis: venv
-	$(BIN)/rl-lib thesis --results $(RESULTS) $(if $(TUNING),--tuning $(TUNING))
+	$(BIN)/rl-lib thesis --results $(RESULTS) $(if $(TUNING),--tuning $(TUNING)) \
+	    $(if $(TUNING_STORAGE),--tuning-storage '$(TUNING_STORAGE)')
 	cd latex && latexmk
 	@echo "chapter: latex/build/main.pdf"
 
@@ -73,6 +75,20 @@ serve: venv $(MODEL)/best_model/best_model.zip
 # day), then the A/B report.
 serve-demo: venv $(MODEL)/best_model/best_model.zip
 	$(BIN)/rl-lib serve demo --model $(MODEL) --experiment $(EXPERIMENT) --days 5
+
+# The feedback loop (rl_lib/feedback/): a local redis-server on the settings' 127.0.0.1 port, a Celery
+# worker and beat (collect hourly, retrain daily, promote on the gate's evidence). Serve the loop's
+# registry with `rl-lib serve --model results/feedback/registry --feedback-settings $(FEEDBACK_SETTINGS)`.
+FEEDBACK_SETTINGS ?= configs/feedback.yaml
+
+feedback: venv
+	$(BIN)/rl-lib feedback run --settings $(FEEDBACK_SETTINGS) --start-redis
+
+# The loop end to end on a compressed clock (7 service days of 30 s each): redis, worker, beat, the
+# service following the registry and its simulator; then the reward per day, the retrain runs, each
+# gate decision with its CIs and the lineage (results/feedback-demo/, continued by the next run).
+feedback-demo: venv $(MODEL)/best_model/best_model.zip
+	$(BIN)/rl-lib feedback demo --model $(MODEL) --days 7
 
 clean:
 	rm -rf $(VENV) build *.egg-info .pytest_cache .ruff_cache

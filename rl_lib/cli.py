@@ -263,7 +263,7 @@ def cmd_thesis(args: argparse.Namespace) -> int:
 
 def build_parser() -> argparse.ArgumentParser:
     from rl_lib.checkpoints import KAGGLE_DISK_BUDGET
-    from rl_lib.feedback.cli import add_registry_command
+    from rl_lib.feedback.cli import add_feedback_command, add_registry_command
     from rl_lib.kaggle.cli import add_kaggle_commands
     from rl_lib.scenarios.historical import add_data_command
     from rl_lib.serving.ab_cli import add_ab_command
@@ -385,6 +385,7 @@ def build_parser() -> argparse.ArgumentParser:
     add_serve_command(sub)
     add_ab_command(sub)
     add_registry_command(sub)
+    add_feedback_command(sub)
     return parser
 
 

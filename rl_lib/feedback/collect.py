@@ -13,7 +13,7 @@ consumer group and writes what is ready to an :class:`~rl_lib.feedback.store.Exp
    the dead letter, record empty, so a loss is visible.
 3. **Read.** First this consumer's own pending entries (``XREADGROUP ... 0``, paged: the entries
    earlier passes left waiting, and any a crash left unacknowledged), then new ones (``>``), ``batch``
-   entries per stream at a time.
+   entries per stream at a time, ``pause_s`` seconds apart (a rate limit).
 4. **Validate.** Every record is decoded and checked (:func:`~rl_lib.feedback.transitions.check_decision`,
    :func:`~rl_lib.feedback.transitions.check_outcome`). A reject is never dropped silently: it is
    appended to ``{prefix}:dead_letter`` (fields ``stream``, ``entry_id``, ``record`` as it was,
@@ -102,6 +102,7 @@ def collect(
     claim_idle_ms: int = 3_600_000,
     close_days: Collection[str] = (),
     now_unix: float | None = None,
+    pause_s: float = 0.0,
 ) -> CollectReport:
     """One collection pass (module docstring).
 
@@ -118,13 +119,16 @@ def collect(
     :param claim_idle_ms: idle time after which another consumer's pending entries are taken over.
     :param close_days: service days (``YYYY-MM-DD``) to close now, whatever the horizon says.
     :param now_unix: the time the horizon is measured to (default: now).
+    :param pause_s: seconds to wait after each page (a rate limit on the reads and writes of a pass).
     """
     if batch < 1:
         raise ValueError(f"batch must be at least 1, got {batch}")
+    if not pause_s >= 0:
+        raise ValueError(f"pause_s must be >= 0, got {pause_s}")
     now = time.time() if now_unix is None else now_unix
     consumer = consumer or socket.gethostname()
     return _Pass(client, store, prefix, group, consumer, weights, horizon_min, batch, claim_idle_ms,
-                 set(close_days), now).run()  # fmt: skip
+                 set(close_days), now, pause_s).run()  # fmt: skip
 
 
 @dataclass
@@ -142,6 +146,7 @@ class _Pass:
     claim_idle_ms: int
     close_days: set[str]
     now_unix: float
+    pause_s: float
 
     def __post_init__(self) -> None:
         self.decision_stream, self.outcome_stream = f"{self.prefix}:decisions", f"{self.prefix}:outcomes"
@@ -218,6 +223,8 @@ class _Pass:
             for stream, entries in got.items():
                 self._take(stream, entries)
             self._step(final=False)
+            if self.pause_s:
+                time.sleep(self.pause_s)
 
     def _take(self, stream: str, entries) -> None:
         check = check_decision if stream == self.decision_stream else check_outcome

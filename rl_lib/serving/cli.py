@@ -55,7 +55,8 @@ def cmd_serve(args: argparse.Namespace) -> int:
     options = ServeOptions(model=args.model, experiment=args.experiment, backend=args.backend,
                            redis_url=args.redis_url, redis_password_file=args.redis_password_file,
                            token_file=token_file, state_dir=args.state_dir,
-                           watch_interval_s=args.watch_interval)  # fmt: skip
+                           watch_interval_s=args.watch_interval,
+                           feedback_settings=args.feedback_settings)  # fmt: skip
     serve(options, args.host, args.port, start_redis=args.start_redis)
     return 0
 
@@ -121,6 +122,8 @@ def add_serve_command(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--start-redis", action="store_true",
                    help="run a local redis-server (and a token file) when none is configured")  # fmt: skip
     p.add_argument("--state-dir", default="results/serve", help="spool, local Redis data, token")
+    p.add_argument("--feedback-settings", metavar="FILE",
+                   help="the feedback loop's settings YAML: its figures on the dashboard")  # fmt: skip
     p.set_defaults(func=cmd_serve)
     serve_sub = p.add_subparsers(dest="serve_command")
 

@@ -4,7 +4,8 @@ It shows the figures of ``GET /v1/stats`` (:meth:`DispatchService.stats`): the l
 registry version, backend, whether it decides, swaps and failed updates) and the experiment;
 decisions in the last minute by arm and by deciding policy; decision latency p50 / p95 / p99; per
 arm the completion rate, on-time rate and deadhead km of the outcomes reported, each with its 95 %
-bootstrap interval; the decision and outcome stream lengths, the spool backlog and the log counters.
+bootstrap interval; the decision and outcome stream lengths, the spool backlog and the log counters;
+and, when the service is given the feedback loop's settings, the loop (:func:`_loop_section`).
 Each section draws its figures as inline SVG, rendered here on the server, next to a table of the
 same numbers.
 
@@ -74,6 +75,10 @@ def _text(value: object, kind: str) -> str:
         return f"{value:.1%}"
     if kind in ("km", "ms"):
         return f"{value:.2f}"
+    if kind == "signed":
+        return f"{value:+.2f}"
+    if kind == "seconds":
+        return f"{value:.1f} s"
     return _esc(value)
 
 
@@ -221,12 +226,77 @@ def _log_section(stats: dict) -> str:
     return _section("Decision log", _table(("what", "records"), rows))
 
 
+LOOP_FIGURES = (  # name shown, key in stats["feedback"], format
+    ("production", "production", "text"),
+    ("consumer group", "group", "text"),
+    ("lag: decisions", "lag.decisions", "count"),
+    ("lag: outcomes", "lag.outcomes", "count"),
+    ("pending: decisions", "pending.decisions", "count"),
+    ("pending: outcomes", "pending.outcomes", "count"),
+    ("dead letters", "dead_letters", "count"),
+    ("collect runs", "collect_runs", "count"),
+    ("retrain runs", "retrain_runs", "count"),
+    ("gate decisions", "gates", "count"),
+    ("promotions", "promotions", "count"),
+    ("Redis error", "redis_error", "text"),
+)
+LAST_RUN_FIELDS = {  # field of the last collect / retrain -> (name shown, format); others: counts
+    "time": ("ended", "text"), "status": ("status", "text"), "version": ("version", "text"),
+    "wall_s": ("wall time", "seconds"), "retrain_wall_s": ("training time", "seconds"),
+}  # fmt: skip
+GATE_COLUMNS = (  # head, field, format
+    ("time", "time", "text"), ("version", "version", "text"), ("parent", "parent", "text"),
+    ("verdict", "verdict", "text"), ("days", "n_days", "count"), ("reward diff", "reward_diff", "signed"),
+    ("95 % low", "reward_ci_low", "signed"), ("95 % high", "reward_ci_high", "signed"),
+)  # fmt: skip
+LINEAGE_COLUMNS = (("created", "created"), ("parent", "parent"), ("first day", "first_day"),
+                   ("last day", "last_day"))  # fmt: skip
+
+
+def _loop_section(stats: dict) -> str:
+    """The feedback loop (when the service is given its settings: ``stats["feedback"]``, from
+    :class:`rl_lib.feedback.status.LoopFigures`): stream lag and pending entries of the collector's
+    group, dead letters, transitions collected per hour, the last collect and retrain runs, the gate
+    decisions and the production model's lineage."""
+    loop = stats.get("feedback")
+    if loop is None:
+        return ""
+
+    def stat(path: str, kind: str) -> str:
+        value = loop
+        for part in path.split("."):
+            value = value[part]
+        return _stat(f"feedback.{path}", value, kind)
+
+    cards = [f'<div class="card"><div class="name">{name}</div>{stat(key, kind)}</div>'
+             for name, key, kind in LOOP_FIGURES]  # fmt: skip
+    hourly = [(f"{hour[-2:]}:00", f"feedback.collected_per_hour.{hour}", n)
+              for hour, n in loop["collected_per_hour"].items()]  # fmt: skip
+    chart = _bar_chart("transitions collected per hour (UTC)", hourly, "count")
+    hours = _table(("hour (UTC)", "transitions"), [(_esc(h), _stat(p, n, "count")) for h, p, n in hourly])
+    runs = []
+    for kind in ("collect", "retrain"):
+        shown = [(f, *LAST_RUN_FIELDS.get(f, (f, "count"))) for f in loop[f"last_{kind}"]]
+        rows = [(_esc(name), stat(f"last_{kind}.{f}", fmt)) for f, name, fmt in shown]
+        runs.append(_table((f"last {kind}", ""), rows))
+    gates = [(_esc(seq), *(stat(f"gate_decisions.{seq}.{f}", kind) for _, f, kind in GATE_COLUMNS))
+             for seq in loop["gate_decisions"]]  # fmt: skip
+    gate_table = _table(("decision", *(head for head, _, _ in GATE_COLUMNS)), gates)
+    lineage = [(_esc(v), *(stat(f"lineage.{v}.{f}", "text") for _, f in LINEAGE_COLUMNS))
+               for v in loop["lineage"]]  # fmt: skip
+    lineage_table = _table(("version", *(head for head, _ in LINEAGE_COLUMNS)), lineage)
+    return _section("Feedback loop", *cards, chart, hours, *runs,
+                    f'<div><h3>gate decisions (newest first)</h3>{gate_table}</div>',
+                    f'<div><h3>lineage of the production model</h3>{lineage_table}</div>')  # fmt: skip
+
+
 SECTIONS: tuple[Callable[[dict], str], ...] = (
     _model_section,
     _traffic_section,
     _latency_section,
     _outcomes_section,
     _log_section,
+    _loop_section,
 )
 
 STYLE = """
@@ -238,7 +308,7 @@ header h1 { font-size: 1.2em; margin: 0; }
 #refresh-status.stale { color: #ffb4a8; opacity: 1; }
 main { padding: 0.5em 1.2em; }
 section { background: #fff; border-radius: 6px; margin: 0.8em 0; padding: 0.6em 1em; }
-h2 { font-size: 1em; margin: 0.2em 0 0.6em; }
+h2 { font-size: 1em; margin: 0.2em 0 0.6em; } h3 { font-size: 0.9em; margin: 0 0 0.3em; }
 .row { display: flex; flex-wrap: wrap; gap: 1.5em; align-items: flex-start; }
 .card { min-width: 10em; } .card .name { font-size: 0.8em; color: #667; } .card .stat { font-size: 1.2em; }
 figure { margin: 0; } figcaption { font-size: 0.85em; color: #445; }

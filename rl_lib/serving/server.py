@@ -48,6 +48,7 @@ class ServeOptions:
     state_dir: str = "results/serve"
     stream_prefix: str = "rl_lib"
     watch_interval_s: float = 2.0
+    feedback_settings: str | None = None  # the feedback loop's settings: its figures in the stats
 
 
 def build_service(options: ServeOptions, redis_url: str | None = None) -> tuple[DispatchService, Security]:
@@ -91,6 +92,16 @@ def build_service(options: ServeOptions, redis_url: str | None = None) -> tuple[
             service.model_update_failed(model.load_error)
         service.watcher = ProductionWatcher(service, registry, options.watch_interval_s, options.backend,
                                             seen=version, log=_say).start()  # fmt: skip
+    if options.feedback_settings is not None:
+        from rl_lib.feedback.settings import load_settings
+        from rl_lib.feedback.status import LoopFigures
+
+        loop = load_settings(options.feedback_settings)
+        if loop.stream_prefix != options.stream_prefix:
+            raise UserError(f"{options.feedback_settings}: the loop reads {loop.stream_prefix}:* streams, "
+                            f"the service writes {options.stream_prefix}:*")  # fmt: skip
+        loop_redis = redis_connector(loop.redis_url, os.environ.get("RL_LIB_REDIS_USERNAME"), password)
+        service.feedback_figures = LoopFigures(loop, loop_redis)
     return service, security
 
 

@@ -81,6 +81,8 @@ class DispatchService:
         self.model_load_failures = 0
         self.model_update_error: str | None = None  # why the last model update failed, until one works
         self.watcher: ProductionWatcher | None = None
+        # The feedback loop's figures (rl_lib.feedback.status.LoopFigures), in the stats when set.
+        self.feedback_figures: Callable[[], dict] | None = None
         self._set_model_metric()
 
     # ------------------------------------------------------------------ model
@@ -280,6 +282,7 @@ class DispatchService:
             },  # fmt: skip
             "spool_backlog": self.log.backlog,
             "log": vars(self.log.counters).copy(),
+            **({"feedback": self.feedback_figures()} if self.feedback_figures is not None else {}),
         }
 
     def _sync_log_metrics(self) -> None:
