@@ -16,7 +16,6 @@ import os
 import secrets
 import shutil
 import threading
-import time
 from collections.abc import Callable
 from html.parser import HTMLParser
 from pathlib import Path
@@ -24,6 +23,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 from conftest import tiny_config
+from live import uvicorn_thread
 
 from rl_lib.inference import export_onnx
 from rl_lib.scenarios.synthetic import SyntheticScenario
@@ -216,35 +216,6 @@ def trained(browser_tools, tmp_path_factory):
     assert train(config, run_dir, log=lambda *a: None).status == "completed"
     export_onnx(run_dir)
     return run_dir, config
-
-
-def wait_for(condition: Callable[[], object], timeout_s: float, what: str):
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        if value := condition():
-            return value
-        time.sleep(0.05)
-    raise TimeoutError(f"waited {timeout_s:.0f} s for {what}")
-
-
-@contextlib.contextmanager
-def uvicorn_thread(app):
-    """Serve ``app`` on 127.0.0.1 (a free port) in a thread; yields its base URL."""
-    import uvicorn
-
-    config = uvicorn.Config(app, host="127.0.0.1", port=0, log_level="warning", access_log=False,
-                            lifespan="off", timeout_graceful_shutdown=5)  # fmt: skip
-    server = uvicorn.Server(config)
-    thread = threading.Thread(target=server.run, name="uvicorn", daemon=True)
-    thread.start()
-    try:
-        wait_for(lambda: server.started or not thread.is_alive(), TIMEOUT_S, "uvicorn to start")
-        assert server.started, "uvicorn exited at start"
-        yield f"http://127.0.0.1:{server.servers[0].sockets[0].getsockname()[1]}"
-    finally:
-        server.should_exit = True
-        thread.join(timeout=TIMEOUT_S)
-        assert not thread.is_alive(), "uvicorn did not stop"
 
 
 @pytest.fixture

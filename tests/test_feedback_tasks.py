@@ -20,11 +20,11 @@ import os
 import shutil
 import signal
 import time
-from collections.abc import Callable
 from pathlib import Path
 
 import pytest
 from conftest import tiny_config
+from live import wait_for
 
 from rl_lib.errors import ConfigError
 
@@ -44,15 +44,6 @@ QUICK = {  # every day closed and every outcome old: the collector's results do 
     "retrain_budget_steps": 600,
     "collect_time_limit_s": 60,
 }
-
-
-def wait_for(condition: Callable[[], object], timeout_s: float, what: str):
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        if value := condition():
-            return value
-        time.sleep(0.02)
-    raise TimeoutError(f"waited {timeout_s:.0f} s for {what}")
 
 
 # ------------------------------------------------------------------------------------------ fixtures

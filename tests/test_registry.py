@@ -4,7 +4,6 @@ lines, and a registry promotion followed by a live uvicorn service under traffic
 
 from __future__ import annotations
 
-import contextlib
 import datetime as dt
 import importlib.util
 import json
@@ -13,11 +12,11 @@ import shutil
 import subprocess
 import sys
 import threading
-import time
 from pathlib import Path
 
 import pytest
 from conftest import tiny_config
+from live import uvicorn_thread, wait_for
 
 from rl_lib.cli import main
 from rl_lib.errors import UserError
@@ -333,15 +332,6 @@ def serve_registry(registry, tmp_path, monkeypatch, interval_s: float):
     return build_service(options)
 
 
-def wait_for(condition, timeout_s: float, what: str):
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        if value := condition():
-            return value
-        time.sleep(0.02)
-    raise TimeoutError(f"waited {timeout_s:.0f} s for {what}")
-
-
 @needs_serving
 def test_a_registry_without_production_is_served_by_the_fallback_until_a_promotion(runs, registry, tmp_path,
                                                                                   monkeypatch):  # fmt: skip
@@ -363,26 +353,6 @@ def test_a_registry_without_production_is_served_by_the_fallback_until_a_promoti
         assert service.model.registry_version == v1 and service.model.ready
     finally:
         service.close()
-
-
-@contextlib.contextmanager
-def uvicorn_thread(app):
-    """Serve ``app`` on 127.0.0.1 (a free port) in a thread; yields its base URL."""
-    import uvicorn
-
-    config = uvicorn.Config(app, host="127.0.0.1", port=0, log_level="warning", access_log=False,
-                            lifespan="off", timeout_graceful_shutdown=5)  # fmt: skip
-    server = uvicorn.Server(config)
-    thread = threading.Thread(target=server.run, name="uvicorn", daemon=True)
-    thread.start()
-    try:
-        wait_for(lambda: server.started or not thread.is_alive(), 60, "uvicorn to start")
-        assert server.started, "uvicorn exited at start"
-        yield f"http://127.0.0.1:{server.servers[0].sockets[0].getsockname()[1]}"
-    finally:
-        server.should_exit = True
-        thread.join(timeout=60)
-        assert not thread.is_alive(), "uvicorn did not stop"
 
 
 class Traffic:
