@@ -86,6 +86,7 @@ from rl_lib.io import atomic_write_csv
 from rl_lib.serving.decision_log import DECISION_SCHEMA, OUTCOME_SCHEMA
 from rl_lib.serving.schemas import PRIORITIES
 from rl_lib.thesis.style import (
+    LABELS,
     check_lang,
     display_scale,
     figure_size,
@@ -116,47 +117,16 @@ DEFAULT_MDE_SHARE = 0.02
 REDIS_PAGE = 2000
 ARM_COLORS = {"treatment": "#0072B2", "control": "#E69F00"}  # Okabe-Ito, as the thesis policies
 
-TEXT: dict[str, dict[str, str]] = {
-    "reward": {"fr": "Récompense par unité", "en": "Reward per unit"},
-    "reward_per_decision": {"fr": "Récompense par décision", "en": "Reward per decision"},
-    "treatment": {"fr": "Traitement", "en": "Treatment"},
-    "control": {"fr": "Témoin", "en": "Control"},
-    "difference": {"fr": "Écart (traitement − témoin)", "en": "Difference (treatment − control)"},
-    "per_unit": {"fr": "Valeur par unité", "en": "Value per unit"},
-    "sd": {"fr": "Écart type", "en": "SD"},
-    "mde": {"fr": "Écart visé", "en": "Target difference"},
-    "needed": {"fr": "Unités par bras", "en": "Units per arm"},
-    "mdd": {"fr": "Écart détectable", "en": "Detectable difference"},
-    "cells": {
-        "fr": "Unités : {n_t} (traitement), {n_c} (témoin) ; taux en %.",
-        "en": "Units: {n_t} (treatment), {n_c} (control); rates in %.",
-    },
-    "excludes_zero": {"fr": "l'intervalle à {level} % exclut 0", "en": "the {level} % interval excludes 0"},
-    "awaiting": {
-        "fr": "{n} décisions attendent leur issue, hors des indicateurs.",
-        "en": "{n} decisions await their outcome, left out of the KPIs.",
-    },
-    "power_note": {
-        "fr": "bilatéral, puissance {power} % ; écart visé : {mde} ; unités : {n_t} et {n_c}.",
-        "en": "two-sided, power {power} %; target: {mde}; units: {n_t} and {n_c}.",
-    },
-    "mde_share": {"fr": "{share} % de la moyenne du témoin", "en": "{share} % of the control mean"},
-    "mde_absolute": {"fr": "valeurs absolues données", "en": "absolute values given"},
-    "mde_mixed": {
-        "fr": "{share} % de la moyenne du témoin, sauf {kpis}",
-        "en": "{share} % of the control mean, except {kpis}",
-    },
-}
-
 
 def text(key: str, lang: str) -> str:
+    """An A/B report's words (``ab_*`` keys of rl_lib.thesis.style.LABELS)."""
     check_lang(lang)
-    return TEXT[key][lang]
+    return label(f"ab_{key}", lang)
 
 
 def kpi_label(kpi: str, lang: str) -> str:
     """A KPI's label: the thesis's own (rl_lib.thesis.style.LABELS), but per unit rather than per day."""
-    return text(kpi, lang) if kpi in TEXT else label(kpi, lang)
+    return text(kpi, lang) if f"ab_{kpi}" in LABELS else label(kpi, lang)
 
 
 # ------------------------------------------------------------------------------------------- reading

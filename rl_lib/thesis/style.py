@@ -175,6 +175,39 @@ LABELS: dict[str, dict[str, str]] = {
     "worse": {"fr": "moins bon", "en": "worse"},
     "equal": {"fr": "égal", "en": "equal"},
     "ci_overlap": {"fr": "les IC à 95 % se chevauchent", "en": "the 95 % CIs overlap"},
+    # The A/B report (rl_lib.serving.ab_report)
+    "ab_reward": {"fr": "Récompense par unité", "en": "Reward per unit"},
+    "ab_reward_per_decision": {"fr": "Récompense par décision", "en": "Reward per decision"},
+    "ab_treatment": {"fr": "Traitement", "en": "Treatment"},
+    "ab_control": {"fr": "Témoin", "en": "Control"},
+    "ab_difference": {"fr": "Écart (traitement − témoin)", "en": "Difference (treatment − control)"},
+    "ab_per_unit": {"fr": "Valeur par unité", "en": "Value per unit"},
+    "ab_sd": {"fr": "Écart type", "en": "SD"},
+    "ab_mde": {"fr": "Écart visé", "en": "Target difference"},
+    "ab_needed": {"fr": "Unités par bras", "en": "Units per arm"},
+    "ab_mdd": {"fr": "Écart détectable", "en": "Detectable difference"},
+    "ab_cells": {
+        "fr": "Unités : {n_t} (traitement), {n_c} (témoin) ; taux en %.",
+        "en": "Units: {n_t} (treatment), {n_c} (control); rates in %.",
+    },
+    "ab_excludes_zero": {
+        "fr": "l'intervalle à {level} % exclut 0",
+        "en": "the {level} % interval excludes 0",
+    },
+    "ab_awaiting": {
+        "fr": "{n} décisions attendent leur issue, hors des indicateurs.",
+        "en": "{n} decisions await their outcome, left out of the KPIs.",
+    },
+    "ab_power_note": {
+        "fr": "bilatéral, puissance {power} % ; écart visé : {mde} ; unités : {n_t} et {n_c}.",
+        "en": "two-sided, power {power} %; target: {mde}; units: {n_t} and {n_c}.",
+    },
+    "ab_mde_share": {"fr": "{share} % de la moyenne du témoin", "en": "{share} % of the control mean"},
+    "ab_mde_absolute": {"fr": "valeurs absolues données", "en": "absolute values given"},
+    "ab_mde_mixed": {
+        "fr": "{share} % de la moyenne du témoin, sauf {kpis}",
+        "en": "{share} % of the control mean, except {kpis}",
+    },
 }
 
 #: KPIs stored as fractions in the results files and shown in percent.
