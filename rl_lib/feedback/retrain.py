@@ -54,7 +54,7 @@ from rl_lib.experiment import ExperimentConfig, with_overrides
 from rl_lib.run_record import read_metadata
 from rl_lib.scenarios.config import ScenarioConfig
 from rl_lib.scenarios.historical import fit_scenario
-from rl_lib.training import train
+from rl_lib.training import TrainResult, train
 
 #: The transition columns a retrain reads (the collected frame has a few more).
 COLUMNS = (
@@ -196,15 +196,9 @@ def prefill_replay_buffer(model, transitions: pd.DataFrame) -> Selection:
 
 
 @dataclass(frozen=True)
-class RetrainResult:
+class RetrainResult(TrainResult):
     """What :func:`retrain` did: the training result and the lineage recorded in the run's metadata."""
 
-    run_dir: Path
-    status: str
-    timesteps: int
-    target: int
-    reason: str | None
-    exit_code: int
     lineage: dict
 
     @property
@@ -295,13 +289,7 @@ def retrain(
             "buffer and weights are those it started with (see 'retrain' in its metadata)"
         )
     return RetrainResult(
-        result.run_dir,
-        result.status,
-        result.timesteps,
-        result.target,
-        result.reason,
-        result.exit_code,
-        recorded,
+        **{f.name: getattr(result, f.name) for f in dataclasses.fields(result)}, lineage=recorded
     )
 
 
