@@ -42,6 +42,7 @@ from rl_lib.io import (
     atomic_write_json,
     folder_bytes,
     fsync_dir,
+    mismatched_file,
     remove_stale_temporaries,
     sha256_bytes,
     sha256_file,
@@ -182,15 +183,7 @@ class CheckpointManager:
         for required in (stem + MODEL_SUFFIX, stem + STATE_SUFFIX):
             if required not in entries:
                 return f"the manifest does not list {required}"
-        for filename, (size, digest) in entries.items():
-            path = manifest.parent / filename
-            if not path.is_file():
-                return f"{filename} is missing"
-            if path.stat().st_size != size:
-                return f"{filename} has {path.stat().st_size} bytes, the manifest says {size}"
-            if sha256_file(path) != digest:
-                return f"{filename} does not match its sha256"
-        return None
+        return mismatched_file(manifest.parent, entries)
 
     def latest_valid(self) -> Checkpoint | None:
         """The newest checkpoint whose files match their manifest.

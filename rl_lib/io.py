@@ -75,6 +75,20 @@ def sha256_file(path: Path, chunk: int = 1 << 22) -> str:
     return digest.hexdigest()
 
 
+def mismatched_file(folder: Path, entries: dict[str, tuple[int, str]]) -> str | None:
+    """The first of ``entries`` (file name -> (bytes, sha256)) that is missing or differs under
+    ``folder``, as a reason; None when they all match (a manifest's check)."""
+    for name, (size, digest) in sorted(entries.items()):
+        path = folder / name
+        if not path.is_file():
+            return f"{name} is missing"
+        if path.stat().st_size != size:
+            return f"{name} has {path.stat().st_size} bytes, the manifest says {size}"
+        if sha256_file(path) != digest:
+            return f"{name} does not match its sha256"
+    return None
+
+
 def remove_stale_temporaries(folder: Path) -> list[Path]:
     """Delete ``.*.tmp`` files a killed writer left behind; returns what was removed."""
     stale = list(Path(folder).glob(".*.tmp")) if Path(folder).is_dir() else []

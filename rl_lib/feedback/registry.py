@@ -50,7 +50,7 @@ from typing import Any
 
 from rl_lib.checkpoints import METADATA_SUFFIX
 from rl_lib.errors import UserError
-from rl_lib.io import FILE_MODE, atomic_write_json, fsync_dir, sha256_file
+from rl_lib.io import FILE_MODE, atomic_write_json, fsync_dir, mismatched_file, sha256_file
 
 POINTER, DECISIONS, LOCK = "production.json", "decisions", ".lock"
 MANIFEST, METRICS, LINEAGE = "manifest.json", "metrics.json", "lineage.json"
@@ -122,15 +122,7 @@ class ModelRegistry:
         present = set(_files(folder))
         if added := sorted(present - expected.keys()):
             return f"{', '.join(added)}: not in the manifest (a version is immutable)"
-        for name, (size, digest) in sorted(expected.items()):
-            path = folder / name
-            if name not in present:
-                return f"{name} is missing"
-            if path.stat().st_size != size:
-                return f"{name} has {path.stat().st_size} bytes, the manifest says {size}"
-            if sha256_file(path) != digest:
-                return f"{name} does not match its sha256"
-        return None
+        return mismatched_file(folder, expected)
 
     def register(
         self,
