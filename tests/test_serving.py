@@ -493,3 +493,82 @@ def test_replaying_a_spool_twice_adds_nothing(tmp_path):
         assert log.replay() == 5 and log.counters.duplicates == 5
         assert log.stream_lengths()["t:decisions"] == 5
         log.close()
+
+
+@pytest.mark.skipif(not HAS_REDIS, reason="redis-server is not installed (apt-get install redis-server)")
+def test_several_workers_show_one_service_and_join_outcomes_across_workers(trained, tmp_path):
+    """``rl-lib serve --workers 2``: decisions go to one worker, their outcomes to the other; both
+    workers' stats are the whole service's (read from the log) and /metrics sums the workers."""
+    import os
+    import subprocess
+    import sys
+
+    import httpx
+    import yaml
+    from live import wait_for
+
+    from rl_lib.serving.redis_server import LocalRedis, free_port
+
+    experiment = tmp_path / "ab.yaml"
+    experiment.write_text(yaml.safe_dump(AB))
+    port = free_port()
+    with LocalRedis(tmp_path / "redis", port=0) as redis_server:
+        server = subprocess.Popen(
+            [sys.executable, "-m", "rl_lib.cli", "serve", "--model", str(trained["fleet"]), "--workers", "2",
+             "--experiment", str(experiment), "--port", str(port), "--redis-url", redis_server.url,
+             "--state-dir", str(tmp_path / "state")],
+            env={**os.environ, "RL_LIB_SERVICE_TOKEN": TOKEN},
+        )  # fmt: skip
+        url = f"http://127.0.0.1:{port}"
+        clients = {}
+        try:
+
+            def ready_pid(client):
+                try:
+                    return client.get(f"{url}/readyz").json()["pid"]
+                except httpx.TransportError:
+                    return None
+
+            # One keep-alive connection per worker process (the kernel hands connections out).
+            wait_for(lambda: ready_pid(httpx), 90, "the workers to start")
+
+            def new_worker():
+                client = httpx.Client(base_url=url, headers=AUTH, timeout=30)
+                pid = ready_pid(client)
+                if pid is None or pid in clients:
+                    client.close()
+                else:
+                    clients[pid] = client
+                return len(clients) == 2
+
+            wait_for(new_worker, 60, "connections to two distinct workers")
+            to_decide, to_report = clients.values()
+
+            def post(path, body):
+                client = to_decide if path == "/v1/decisions" else to_report
+                response = client.post(path, json=body)
+                assert response.status_code == 200, response.text
+                return response.json()
+
+            day = trained["days"][0]
+            result = play_day(day, post, "2027-01-04", trained["config"].reward)
+            n = day.n_bookings
+            assert result.outcomes_posted > 0
+            time.sleep(1.1)  # past the monitors' refresh_s
+            for client in (to_decide, to_report):
+                stats = client.get("/v1/stats").json()
+                assert stats["decisions_in_window"] == n == stats["stream_length"]["decisions"]
+                arms = stats["arms"]
+                assert sum(a["assignment_rate"]["n"] for a in arms.values()) == n
+                assert sum(a["completion_rate"]["n"] for a in arms.values()) == result.outcomes_posted
+                metrics = client.get("/metrics").text
+                for name, expected in (("rl_lib_decisions_total", n),
+                                       ("rl_lib_outcomes_total", result.outcomes_posted)):  # fmt: skip
+                    values = [float(line.split()[-1]) for line in metrics.splitlines()
+                              if line.startswith(name + "{")]  # fmt: skip
+                    assert sum(values) == expected, (name, values)
+        finally:
+            for client in clients.values():
+                client.close()
+            server.terminate()
+            server.wait(timeout=30)

@@ -25,13 +25,14 @@ from __future__ import annotations
 
 import hmac
 import json
+import os
 from dataclasses import dataclass
 from pathlib import Path
 
 from fastapi import Depends, FastAPI, HTTPException, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import HTMLResponse, JSONResponse, Response
-from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+from prometheus_client import CONTENT_TYPE_LATEST
 
 from rl_lib.serving.schemas import (
     BatchRequest,
@@ -112,7 +113,7 @@ def create_app(service: DispatchService, security: Security) -> FastAPI:
     app.state.service = service
     expected = security.token.encode()
 
-    def require_token(request: Request) -> None:
+    async def require_token(request: Request) -> None:  # async: a sync dependency costs a thread hop
         header = request.headers.get("authorization", "")
         scheme, _, given = header.partition(" ")
         if scheme.lower() != "bearer" or not hmac.compare_digest(given.strip().encode(), expected):
@@ -163,10 +164,11 @@ def create_app(service: DispatchService, security: Security) -> FastAPI:
         return {"status": "ok"}
 
     @app.get("/readyz")
-    async def readyz():
+    def readyz():  # pings Redis: in the thread pool too
         model = service.model
         return {
             "ready": True,
+            "pid": os.getpid(),  # which worker process answered (rl-lib serve --workers N)
             "decides_with": "model" if model.ready else "fallback",
             "model_version": model.version,
             "model_error": model.load_error,
@@ -176,15 +178,17 @@ def create_app(service: DispatchService, security: Security) -> FastAPI:
         }
 
     @app.get("/metrics")
-    async def metrics():
-        return Response(generate_latest(service.monitor.registry), media_type=CONTENT_TYPE_LATEST)
+    def metrics():
+        return Response(service.monitor.metrics_text(), media_type=CONTENT_TYPE_LATEST)
 
+    # Plain functions: FastAPI runs them in its thread pool, so their Redis reads (the log's new
+    # records, stream lengths) never hold up the event loop's decisions.
     @app.get("/v1/stats")
-    async def stats():
+    def stats():
         return service.stats()
 
     @app.get("/dashboard", response_class=HTMLResponse)
-    async def dashboard():
+    def dashboard():
         from rl_lib.serving.dashboard import render_dashboard
 
         return render_dashboard(service.stats())

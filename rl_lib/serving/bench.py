@@ -8,9 +8,9 @@ run measures, side by side on this machine:
   evaluation, observation, network, mask: the in-process floor);
 - ``service in-process``: :meth:`DispatchService.decide` on validated requests (state rebuilt from
   the request, experiment, decision logged to Redis, metrics), no HTTP;
-- ``http, N clients``: a real uvicorn server (``--workers`` processes) on 127.0.0.1 with a real
-  local redis-server and decision logging on, driven by N concurrent keep-alive clients (one asyncio
-  process, httpx); latency is measured by the client, request sent to answer parsed.
+- ``http, N clients``: the real ``rl-lib serve --workers W`` on 127.0.0.1 with a real local
+  redis-server and decision logging on, driven by N concurrent keep-alive clients (one asyncio
+  process, a lean HTTP/1.1 client); latency is measured by the client, request sent to answer parsed.
 
 The load generator shares the machine's cores with the server, as it would on one host.
 """
@@ -24,12 +24,14 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections import Counter
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 
 TOKEN = "bench-token-" + "0" * 20
+WARMUP_REQUESTS = 20  # per connection, not counted
 
 
 def collect_requests(run_dir: str | Path, n_days: int) -> list[dict]:
@@ -93,50 +95,89 @@ def _in_process(run_dir: str, bodies: list[dict], redis_url: str, state: Path) -
     return rows
 
 
-async def _drive(url: str, bodies: list[dict], clients: int, n_requests: int, tag: str) -> dict:
-    import httpx
+async def _drive(port: int, bodies: list[dict], clients: int, n_requests: int, tag: str) -> dict:
+    """``clients`` keep-alive HTTP/1.1 connections posting decisions as fast as they are answered.
 
+    A lean client (request bytes built before the clock starts, the answer read by its
+    Content-Length and parsed as JSON) so that the load generator takes as little of the shared
+    CPUs as it can: an HTTP client library costs about as much per request as the service itself.
+    """
+    payloads = [
+        _http_post(port, "/v1/decisions", {**bodies[i % len(bodies)], "decision_id": f"{tag}-{i}"})
+        for i in range(n_requests)
+    ]
     latencies: list[float] = []
-    counter = iter(range(n_requests))
-    limits = httpx.Limits(max_connections=clients, max_keepalive_connections=clients)
-    async with httpx.AsyncClient(base_url=url, limits=limits, timeout=30.0,
-                                 headers={"Authorization": f"Bearer {TOKEN}"}) as client:  # fmt: skip
 
-        async def worker():
-            for i in counter:
-                body = {**bodies[i % len(bodies)], "decision_id": f"{tag}-{i}"}
+    pids: list[int] = []  # the worker process each connection landed on
+
+    async def worker(j: int, queue, connected: asyncio.Barrier) -> None:
+        reader, writer = await asyncio.open_connection("127.0.0.1", port)
+        try:
+            writer.write(f"GET /readyz HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\n\r\n".encode())
+            pids.append(json.loads((await _read_response(reader))[1])["pid"])
+            # Each connection's first requests warm its worker process (onnxruntime's first runs are
+            # slow) and are not counted; then all connections start together.
+            for i in range(WARMUP_REQUESTS):
+                body = {**bodies[i % len(bodies)], "decision_id": f"{tag}-warmup-{j}-{i}"}
+                writer.write(_http_post(port, "/v1/decisions", body))
+                await _read_response(reader)
+            await connected.wait()
+            for payload in queue:
                 t = time.perf_counter()
-                response = await client.post("/v1/decisions", json=body)
-                response.raise_for_status()
-                response.json()
+                writer.write(payload)
+                status, answer = await _read_response(reader)
+                if status != 200:
+                    raise RuntimeError(f"the service answered {status}: {answer[:200]!r}")
+                json.loads(answer)
                 latencies.append(time.perf_counter() - t)
+        finally:
+            writer.close()
 
-        await client.post("/v1/decisions", json={**bodies[0], "decision_id": f"{tag}-warmup"})
-        start = time.perf_counter()
-        await asyncio.gather(*(worker() for _ in range(clients)))
-        wall = time.perf_counter() - start
-    return _summary("http", clients, latencies, wall)
+    queue = iter(payloads)
+    barrier = asyncio.Barrier(clients + 1)
+    tasks = [asyncio.create_task(worker(j, queue, barrier)) for j in range(clients)]
+    await barrier.wait()
+    start = time.perf_counter()
+    await asyncio.gather(*tasks)
+    row = _summary("http", clients, latencies, time.perf_counter() - start)
+    # The kernel hands each keep-alive connection to one worker: an uneven split caps throughput.
+    row["connections_per_worker"] = "+".join(str(n) for n in sorted(Counter(pids).values(), reverse=True))
+    return row
+
+
+def _http_post(port: int, path: str, body: dict) -> bytes:
+    data = json.dumps(body).encode()
+    head = (f"POST {path} HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\nAuthorization: Bearer {TOKEN}\r\n"
+            f"Content-Type: application/json\r\nContent-Length: {len(data)}\r\n\r\n")  # fmt: skip
+    return head.encode() + data
+
+
+async def _read_response(reader: asyncio.StreamReader) -> tuple[int, bytes]:
+    head = await reader.readuntil(b"\r\n\r\n")
+    lines = head.decode("latin-1").split("\r\n")
+    length = next(int(line.split(":", 1)[1]) for line in lines if line.lower().startswith("content-length:"))
+    return int(lines[0].split()[1]), await reader.readexactly(length)
 
 
 def bench_serve(run_dir: str | Path, n_days: int = 2, clients: tuple[int, ...] = (1, 8, 32),
                 n_requests: int = 2000, workers: int = 1) -> pd.DataFrame:  # fmt: skip
     """Measure and print the table; returns it."""
     import httpx
+    import uvloop  # the client's loop: uvicorn's too (uvicorn[standard])
 
     from rl_lib.serving.redis_server import LocalRedis, free_port
-    from rl_lib.serving.server import OPTIONS_ENV
 
     run_dir = str(run_dir)
     bodies = collect_requests(run_dir, n_days)
     with tempfile.TemporaryDirectory() as tmp, LocalRedis(Path(tmp) / "redis") as redis_server:
         rows = _in_process(run_dir, bodies, redis_server.url, Path(tmp) / "inproc")
         port = free_port()
-        env = {**os.environ, "RL_LIB_SERVICE_TOKEN": TOKEN, "RL_LIB_REDIS_URL": redis_server.url,
-               OPTIONS_ENV: json.dumps({"model": run_dir, "state_dir": str(Path(tmp) / "http")})}  # fmt: skip
-        server = subprocess.Popen(
-            [sys.executable, "-m", "uvicorn", "--factory", "rl_lib.serving.server:app_from_env", "--host",
-             "127.0.0.1", "--port", str(port), "--workers", str(workers), "--log-level", "warning",
-             "--no-access-log"], env=env,
+        env = {**os.environ, "RL_LIB_SERVICE_TOKEN": TOKEN}
+        server = subprocess.Popen(  # the operator's command, as make serve runs it
+            [sys.executable, "-m", "rl_lib.cli", "serve", "--model", run_dir, "--port", str(port),
+             "--workers", str(workers), "--redis-url", redis_server.url,
+             "--state-dir", str(Path(tmp) / "http")],
+            env=env, stdout=subprocess.DEVNULL,
         )  # fmt: skip
         url = f"http://127.0.0.1:{port}"
         try:
@@ -151,7 +192,7 @@ def bench_serve(run_dir: str | Path, n_days: int = 2, clients: tuple[int, ...] =
                     raise RuntimeError("the benchmark's uvicorn server did not start")
                 time.sleep(0.2)
             for c in clients:
-                rows.append(asyncio.run(_drive(url, bodies, c, n_requests, f"c{c}")))
+                rows.append(uvloop.run(_drive(port, bodies, c, n_requests, f"c{c}")))
             logged = httpx.get(f"{url}/v1/stats").json()["stream_length"]["decisions"]
         finally:
             server.terminate()

@@ -57,7 +57,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
                            token_file=token_file, state_dir=args.state_dir,
                            watch_interval_s=args.watch_interval,
                            feedback_settings=args.feedback_settings)  # fmt: skip
-    serve(options, args.host, args.port, start_redis=args.start_redis)
+    serve(options, args.host, args.port, start_redis=args.start_redis, workers=args.workers)
     return 0
 
 
@@ -116,6 +116,12 @@ def add_serve_command(sub: argparse._SubParsersAction) -> None:
                    help="auto: ONNX FP32 when exported from this model (exact), else torch")  # fmt: skip
     p.add_argument("--host", default="127.0.0.1", help="bind address (default 127.0.0.1)")
     p.add_argument("--port", type=_port, default=8000)
+    p.add_argument(
+        "--workers",
+        type=positive_int,
+        default=1,
+        help="uvicorn worker processes (about one per core; BENCHMARKS.md)",
+    )
     p.add_argument("--redis-url", help="default: RL_LIB_REDIS_URL (password: RL_LIB_REDIS_PASSWORD)")
     p.add_argument("--redis-password-file")
     p.add_argument("--token-file", help="bearer token of the write endpoints (or RL_LIB_SERVICE_TOKEN)")

@@ -1,6 +1,6 @@
 """What the service measures: Prometheus metrics and the live figures of the dashboard.
 
-:class:`Monitor` owns a private Prometheus registry (``GET /metrics``) and bounded in-memory windows
+:class:`Monitor` owns the Prometheus metrics of its process (``GET /metrics``) and bounded windows
 for the dashboard and ``GET /v1/stats``: decisions per minute by arm and by deciding policy, decision
 latency percentiles, and per arm, each with a 95 % bootstrap interval from :mod:`rl_lib.stats` (one
 interval method in the project):
@@ -11,21 +11,34 @@ interval method in the project):
   low while trips are on the road);
 - ``on_time_rate`` and ``deadhead_km`` of the completed trips.
 
+**The windows are read from the decision log**, not from what this process decided: at each
+refresh the monitor takes the records appended to the streams since its last read
+(:class:`~rl_lib.serving.decision_log.LogTail`). So every uvicorn worker and every replica writing
+to one Redis shows the same figures, those of the whole service, and an outcome posted to another
+worker than its decision still finds its arm. A record still in a spool (Redis away) counts once it
+is replayed; the backlog is shown meanwhile. With several worker processes, ``GET /metrics``
+aggregates them through prometheus_client's multiprocess mode (``PROMETHEUS_MULTIPROC_DIR``).
+
 The windows are bounded (``window`` recent decisions and outcomes; intervals over the last
 ``ci_window`` values), so memory and the cost of a refresh stay flat however long the service
 runs; the streams keep the full history. The figures are recomputed at most every ``refresh_s``
-seconds (each dashboard refresh would otherwise pay the bootstrap again).
+seconds (each dashboard refresh would otherwise pay the read and the bootstrap again).
 """
 
 from __future__ import annotations
 
+import os
 import threading
 import time
 from collections import OrderedDict, deque
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import numpy as np
-from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+
+#: New decision and outcome records of the log since the last call (oldest first).
+RecordSource = Callable[[], tuple[list[dict], list[dict]]]
 
 LATENCY_BUCKETS = (0.0005, 0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.25, 1.0)
 
@@ -39,16 +52,18 @@ class DecisionFacts:
 
 
 class Monitor:
-    """Metrics of one service process.
+    """Metrics of one service process, live figures of the whole service.
 
+    :param source: the log's new records (a :class:`~rl_lib.serving.decision_log.LogTail`); None:
+        no log to read (the figures stay empty).
     :param window: decisions and outcomes kept for the live figures.
     :param n_resamples: bootstrap replicates of the live intervals.
     :param ci_window: most recent values per arm and KPI the intervals are drawn from.
     :param refresh_s: the figures are reused for this long.
     """
 
-    def __init__(self, window: int = 20_000, n_resamples: int = 500, ci_window: int = 2_000,
-                 refresh_s: float = 1.0) -> None:  # fmt: skip
+    def __init__(self, source: RecordSource | None = None, window: int = 20_000, n_resamples: int = 500,
+                 ci_window: int = 2_000, refresh_s: float = 1.0) -> None:  # fmt: skip
         self.registry = CollectorRegistry()
         r = self.registry
         self.decisions = Counter("rl_lib_decisions", "Decisions answered", ["arm", "policy"], registry=r)
@@ -56,55 +71,89 @@ class Monitor:
                                  registry=r)  # fmt: skip
         self.latency = Histogram("rl_lib_decision_seconds", "Decision time in the service (s)",
                                  buckets=LATENCY_BUCKETS, registry=r)  # fmt: skip
-        self.outcomes = Counter("rl_lib_outcomes", "Outcomes recorded", ["arm", "status"], registry=r)
+        self.outcomes = Counter("rl_lib_outcomes", "Outcomes recorded", ["status"], registry=r)
         self.rejected = Counter("rl_lib_rejected_requests", "Requests refused (4xx)", ["status"], registry=r)
+        # Gauges of several workers (multiprocess mode): the live processes' sum, or their largest.
         self.spool_backlog = Gauge("rl_lib_spool_backlog", "Log records waiting in the local spool",
-                                   registry=r)  # fmt: skip
-        self.spooled = Gauge("rl_lib_spooled_records", "Log records ever spooled", registry=r)
-        self.replayed = Gauge("rl_lib_replayed_records", "Spooled records replayed into Redis", registry=r)
-        self.model_info = Gauge("rl_lib_model_loaded", "1 when the model decides", ["version"], registry=r)
+                                   registry=r, multiprocess_mode="livesum")  # fmt: skip
+        self.spooled = Gauge("rl_lib_spooled_records", "Log records ever spooled", registry=r,
+                             multiprocess_mode="sum")  # fmt: skip
+        self.replayed = Gauge("rl_lib_replayed_records", "Spooled records replayed into Redis", registry=r,
+                              multiprocess_mode="sum")  # fmt: skip
+        self.model_info = Gauge("rl_lib_model_loaded", "1 when the model decides", ["version"], registry=r,
+                                multiprocess_mode="livemax")  # fmt: skip
         self.model_swaps = Counter("rl_lib_model_swaps", "Models swapped in while serving", registry=r)
         self.model_load_failures = Counter("rl_lib_model_load_failures",
                                            "Promoted models that failed to load (the live one kept)",
                                            registry=r)  # fmt: skip
+        self._source = source
+        self._model_version: str | None = None
         self._lock = threading.Lock()
         self._n_resamples, self._ci_window, self._refresh_s = n_resamples, ci_window, refresh_s
         self._cached: tuple[float, dict] | None = None
         self._times: deque[tuple[float, str, str]] = deque(maxlen=window)  # (unix time, arm, policy)
         self._latency_ms: deque[float] = deque(maxlen=window)
         self._pending: OrderedDict[str, DecisionFacts] = OrderedDict()
+        self._orphans: OrderedDict[str, dict] = OrderedDict()  # outcomes read before their decision
         self._window = window
         self._assigned: dict[str, deque[float]] = {}  # arm -> 1.0 / 0.0 per decision
         self._trips: dict[str, deque[tuple[float, float, float]]] = {}  # arm -> (completed, on_time, km)
 
-    def decided(self, decision_id: str, arm: str, policy: str, assigned: bool, seconds: float,
-                fallback_reason: str | None) -> None:  # fmt: skip
+    def decided(self, policy: str, arm: str, seconds: float, fallback_reason: str | None) -> None:
+        """Count a decision of this process (its metrics; the live figures come from the log)."""
         self.decisions.labels(arm, policy).inc()
         self.latency.observe(seconds)
         if fallback_reason is not None:
             self.fallbacks.labels(_reason_label(fallback_reason)).inc()
-        with self._lock:
-            self._times.append((time.time(), arm, policy))
-            self._latency_ms.append(1e3 * seconds)
-            self._pending[decision_id] = DecisionFacts(arm, assigned)
-            while len(self._pending) > 5 * self._window:
-                self._pending.popitem(last=False)
-            self._assigned.setdefault(arm, deque(maxlen=self._window)).append(float(assigned))
 
-    def outcome(self, decision_id: str, status: str, lateness_min: float | None,
-                deadhead_km: float | None) -> str | None:  # fmt: skip
-        """Record an outcome; returns its arm (None for a decision this process does not know)."""
+    def set_model(self, version: str, ready: bool) -> None:
+        """``rl_lib_model_loaded{version}``: 1 for the live model, 0 for the one it replaced (not
+        removed: multiprocess mode cannot remove a label)."""
+        previous = self._model_version
+        if previous is not None and previous != version:
+            self.model_info.labels(previous).set(0.0)
+        self.model_info.labels(version).set(1.0 if ready else 0.0)
+        self._model_version = version
+
+    def outcome(self, status: str) -> None:
+        """Count an outcome this process recorded."""
+        self.outcomes.labels(status).inc()
+
+    def absorb(self, decisions: list[dict], outcomes: list[dict]) -> None:
+        """Add log records (oldest first) to the windows; an outcome whose decision is not read yet
+        (it was spooled, and is replayed later) waits for it, within the window."""
         with self._lock:
-            facts = self._pending.pop(decision_id, None)
-            if facts is None:
-                return None
-            completed = status == "completed"
-            row = (
-                (1.0, float(lateness_min <= 1e-9), float(deadhead_km)) if completed else (0.0, np.nan, np.nan)
-            )
-            self._trips.setdefault(facts.arm, deque(maxlen=self._window)).append(row)
-        self.outcomes.labels(facts.arm, status).inc()
-        return facts.arm
+            for record in decisions:
+                arm, assigned = record["arm"], record["vehicle_id"] is not None
+                self._times.append((record["time_unix"], arm, record["policy"]))
+                self._latency_ms.append(record["decision_ms"])
+                self._pending[record["decision_id"]] = DecisionFacts(arm, assigned)
+                while len(self._pending) > 5 * self._window:
+                    self._pending.popitem(last=False)
+                self._assigned.setdefault(arm, deque(maxlen=self._window)).append(float(assigned))
+            waiting, self._orphans = self._orphans, OrderedDict()
+            for record in [*waiting.values(), *outcomes]:
+                facts = self._pending.pop(record["decision_id"], None)
+                if facts is None:
+                    self._orphans[record["decision_id"]] = record
+                    continue
+                if record["status"] == "completed":
+                    row = (1.0, float(record["lateness_min"] <= 1e-9), float(record["deadhead_km"]))
+                else:
+                    row = (0.0, np.nan, np.nan)
+                self._trips.setdefault(facts.arm, deque(maxlen=self._window)).append(row)
+            while len(self._orphans) > self._window:
+                self._orphans.popitem(last=False)
+
+    def metrics_text(self) -> bytes:
+        """``GET /metrics``: this process's metrics, or every worker's in multiprocess mode."""
+        if "PROMETHEUS_MULTIPROC_DIR" not in os.environ:
+            return generate_latest(self.registry)
+        from prometheus_client import multiprocess
+
+        registry = CollectorRegistry()
+        multiprocess.MultiProcessCollector(registry)
+        return generate_latest(registry)
 
     def stats(self) -> dict:
         """The dashboard's figures (``GET /v1/stats``), at most ``refresh_s`` old."""
@@ -112,6 +161,8 @@ class Monitor:
         cached = self._cached
         if cached is not None and now - cached[0] < self._refresh_s:
             return cached[1]
+        if self._source is not None:
+            self.absorb(*self._source())
         figures = self._compute(now)
         self._cached = (now, figures)
         return figures

@@ -107,8 +107,7 @@ class DispatchService:
         self.log.close()
 
     def _set_model_metric(self) -> None:
-        self.monitor.model_info.clear()
-        self.monitor.model_info.labels(self.model.version or "none").set(1.0 if self.model.ready else 0.0)
+        self.monitor.set_model(self.model.version or "none", self.model.ready)
 
     def check_fleet(self, request: DecisionRequest, model: ModelPolicy | None = None) -> None:
         model = model or self.model
@@ -221,8 +220,7 @@ class DispatchService:
             return
         self._remember(self._answered, response.decision_id, response)
         c = draft.choice
-        self.monitor.decided(response.decision_id, response.arm, c.policy, response.action == "assign",
-                             draft.seconds, c.fallback_reason)  # fmt: skip
+        self.monitor.decided(c.policy, response.arm, draft.seconds, c.fallback_reason)
         self._sync_log_metrics()
 
     # --------------------------------------------------------------- outcomes
@@ -259,7 +257,7 @@ class DispatchService:
 
     def _outcome_logged(self, outcome: OutcomeRequest) -> None:
         self._remember(self._outcomes_seen, outcome.decision_id, None)
-        self.monitor.outcome(outcome.decision_id, outcome.status, outcome.lateness_min, outcome.deadhead_km)
+        self.monitor.outcome(outcome.status)
         self._sync_log_metrics()
 
     # ------------------------------------------------------------------ views
