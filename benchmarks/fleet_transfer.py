@@ -17,10 +17,10 @@ import pandas as pd
 
 from rl_lib.evaluation import episode_row, evaluate_baselines
 from rl_lib.inference import Dispatcher
-from rl_lib.run_record import read_metadata
 from rl_lib.scenarios.config import ScenarioConfig
 from rl_lib.scenarios.synthetic import SyntheticScenario
 from rl_lib.stats import aggregate_table, paired_differences
+from rl_lib.training.run_record import read_metadata
 
 
 def scenario_16() -> ScenarioConfig:

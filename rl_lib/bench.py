@@ -152,11 +152,11 @@ def measure_full_buffer_costs(work_dir, buffer_size: int = 100_000) -> FullBuffe
     from pathlib import Path
 
     from rl_lib.agents import build_model
-    from rl_lib.callbacks import CheckpointCallback, EvalCallback, StopRequest
-    from rl_lib.checkpoints import CheckpointManager
     from rl_lib.config import from_dict
     from rl_lib.experiment import ExperimentConfig
     from rl_lib.training import load_checkpoint, make_eval_env, make_train_env
+    from rl_lib.training.callbacks import CheckpointCallback, EvalCallback, StopRequest
+    from rl_lib.training.checkpoints import CheckpointManager
 
     cfg = from_dict(ExperimentConfig, {"training": {"dqn": {"buffer_size": buffer_size}}})
     env = make_train_env(cfg)

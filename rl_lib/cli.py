@@ -90,8 +90,8 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     from rl_lib.evaluation import evaluate_baselines, evaluate_runs, format_table, summarize
     from rl_lib.io import atomic_write_csv
     from rl_lib.pipeline import shared_experiment
-    from rl_lib.run_record import read_metadata
     from rl_lib.scenarios.synthetic import SyntheticScenario
+    from rl_lib.training.run_record import read_metadata
 
     run_dirs = [Path(d) for d in args.run_dirs]
     cfg = shared_experiment(run_dirs, [read_metadata(d) for d in run_dirs])
@@ -197,8 +197,8 @@ def cmd_bench_inference(args: argparse.Namespace) -> int:
     from rl_lib.inference import benchmark, export_onnx
     from rl_lib.io import atomic_write_csv
     from rl_lib.pipeline import shared_experiment
-    from rl_lib.run_record import read_metadata
     from rl_lib.scenarios.synthetic import SyntheticScenario
+    from rl_lib.training.run_record import read_metadata
 
     torch.set_num_threads(1)
     run_dir = Path(args.run_dir)
@@ -216,7 +216,7 @@ def cmd_bench_inference(args: argparse.Namespace) -> int:
 def cmd_ablation(args: argparse.Namespace) -> int:
     from rl_lib.ablation import format_ablation
     from rl_lib.pipeline import ablation_step
-    from rl_lib.run_record import EVALUATION
+    from rl_lib.training.run_record import EVALUATION
 
     table = ablation_step(args.results, args.resamples)
     print(f"{args.results}: reward per test day, mean [95 % paired-bootstrap CI] "
@@ -229,7 +229,7 @@ def cmd_report(args: argparse.Namespace) -> int:
     import pandas as pd
 
     from rl_lib.evaluation import format_table
-    from rl_lib.run_record import EVALUATION
+    from rl_lib.training.run_record import EVALUATION
 
     evaluation = Path(args.results) / EVALUATION
     path = evaluation / "aggregate.csv"
@@ -262,12 +262,12 @@ def cmd_thesis(args: argparse.Namespace) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from rl_lib.checkpoints import KAGGLE_DISK_BUDGET
     from rl_lib.feedback.cli import add_feedback_command, add_registry_command
     from rl_lib.kaggle.cli import add_kaggle_commands
-    from rl_lib.scenarios.historical import add_data_command
+    from rl_lib.scenarios.historical.cli import add_data_command
     from rl_lib.serving.ab_cli import add_ab_command
     from rl_lib.serving.cli import add_bench_serve_command, add_serve_command
+    from rl_lib.training.checkpoints import KAGGLE_DISK_BUDGET
     from rl_lib.tuning.cli import add_bench_tune_command, add_tune_command
 
     parser = argparse.ArgumentParser(prog="rl-lib", description=__doc__)

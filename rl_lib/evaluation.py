@@ -140,7 +140,7 @@ def evaluate_runs(run_dirs: Sequence[Path], days: Sequence[Day], weights: Reward
     """Each run's ``which`` model on ``days``; policy = its ``training.name``, seed = its training seed."""
     from rl_lib.agents import load_model
     from rl_lib.envs import DispatchEnv
-    from rl_lib.run_record import read_metadata
+    from rl_lib.training.run_record import read_metadata
 
     frames = []
     for run_dir in run_dirs:

@@ -93,7 +93,7 @@ class PPOConfig:
 
 @dataclass(frozen=True)
 class CheckpointConfig:
-    """The three-level checkpoint strategy (see :mod:`rl_lib.checkpoints`).
+    """The three-level checkpoint strategy (see :mod:`rl_lib.training.checkpoints`).
 
     ``checkpoint_freq`` None is adaptive (< 5 000 total steps: 100, < 20 000: 500, else 1 000);
     ``eval_freq`` None is 5 x checkpoint_freq and must be >= checkpoint_freq. An evaluation runs

@@ -177,8 +177,8 @@ def calibration_states(run_dir: str | Path, which: str, n_days: int) -> tuple[Pl
     and the next ``n_days`` (held out), played by the run's model (the torch backend). Never test days."""
     from rl_lib.config import from_dict
     from rl_lib.experiment import ExperimentConfig
-    from rl_lib.run_record import read_metadata
     from rl_lib.scenarios.synthetic import SyntheticScenario
+    from rl_lib.training.run_record import read_metadata
 
     config = from_dict(ExperimentConfig, read_metadata(run_dir)["config"], source=str(run_dir))
     scenario = SyntheticScenario(config.scenario)
@@ -280,7 +280,7 @@ def quantise_static(
 
 
 def model_name(run_dir: Path) -> str:
-    from rl_lib.run_record import read_metadata
+    from rl_lib.training.run_record import read_metadata
 
     return read_metadata(run_dir)["name"]
 

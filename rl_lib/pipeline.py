@@ -24,11 +24,11 @@ from typing import Any
 
 import pandas as pd
 
-from rl_lib.checkpoints import METADATA_SUFFIX
 from rl_lib.config import from_dict
 from rl_lib.errors import UserError
 from rl_lib.experiment import ExperimentConfig, load_experiment, with_overrides
-from rl_lib.run_record import EVALUATION, RUNS
+from rl_lib.training.checkpoints import METADATA_SUFFIX
+from rl_lib.training.run_record import EVALUATION, RUNS
 
 
 def use_repository_root() -> Path:
@@ -126,14 +126,15 @@ def train_step(
     previous kernel version's output (its newest verified checkpoint) when the input holds it,
     ``max_wall_time`` is for the whole step (default: the session limit minus a margin) and every
     run stops by that deadline, and ``disk_budget`` defaults to
-    :data:`rl_lib.checkpoints.KAGGLE_DISK_BUDGET`.
+    :data:`rl_lib.training.checkpoints.KAGGLE_DISK_BUDGET`.
 
     :param configs: experiment YAML paths (e.g. ``["configs/dqn.yaml", "configs/maskable_ppo.yaml"]``),
         or config mappings.
     :param overrides: dotted-key overrides applied to every config (the quick / thesis scale).
     :param max_wall_time: seconds per run and session (on Kaggle: for the whole step).
     :param disk_budget: bytes (or a size such as ``"5GB"``) that all the runs may hold together, split
-        evenly across them; default unlimited (on Kaggle, :data:`~rl_lib.checkpoints.KAGGLE_DISK_BUDGET`).
+        evenly across them; default unlimited (on Kaggle,
+        :data:`~rl_lib.training.checkpoints.KAGGLE_DISK_BUDGET`).
     :return: one row per run: run dir, status, timesteps, target, exit code.
     """
     from rl_lib.training import on_kaggle, train_seeds
@@ -206,9 +207,9 @@ def evaluate_step(
     """
     from rl_lib.evaluation import evaluate_baselines, evaluate_runs
     from rl_lib.io import atomic_write_csv
-    from rl_lib.run_record import read_metadata
     from rl_lib.scenarios.synthetic import SyntheticScenario
     from rl_lib.stats import aggregate_table, gap_to_bound, paired_differences, probability_of_improvement
+    from rl_lib.training.run_record import read_metadata
 
     _check("n_test_days", n_test_days, isinstance(n_test_days, int) and n_test_days > 0, "a positive integer")
     _check("which", which, which in ("best", "final", "latest"), "'best', 'final' or 'latest'")
@@ -266,7 +267,7 @@ def ablation_step(results_dir: str | Path, n_resamples: int = 2000) -> pd.DataFr
     evaluation, written to ``evaluation/ablation.csv``."""
     from rl_lib.ablation import ablation_table
     from rl_lib.io import atomic_write_csv
-    from rl_lib.run_record import read_metadata
+    from rl_lib.training.run_record import read_metadata
 
     path = Path(results_dir) / EVALUATION / "per_episode.csv"
     if not path.is_file():
@@ -308,10 +309,10 @@ def figures_step(
     :param tuning_storage: the study's storage URL (e.g. ``postgresql+psycopg://user@host/db``); default:
         the SQLite file in the study folder.
     """
-    from rl_lib.checkpoints import KAGGLE_DISK_BUDGET
-    from rl_lib.run_record import metadata_path, read_metadata
     from rl_lib.thesis import figures, tables
     from rl_lib.thesis.style import check_lang
+    from rl_lib.training.checkpoints import KAGGLE_DISK_BUDGET
+    from rl_lib.training.run_record import metadata_path, read_metadata
 
     try:
         check_lang(lang)

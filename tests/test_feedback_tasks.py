@@ -164,7 +164,7 @@ def loop(parent, redis_url, production_log, tmp_path):
     import redis
 
     from rl_lib.feedback import processes
-    from rl_lib.feedback.registry import ModelRegistry
+    from rl_lib.serving.registry import ModelRegistry
 
     client = redis.Redis.from_url(redis_url, decode_responses=True)
     client.flushall()
@@ -273,9 +273,9 @@ def test_a_worker_killed_mid_collect_loses_nothing_and_doubles_nothing(loop):
 
 # ------------------------------------------------------------------------------------------ retrain
 def test_a_retrain_killed_mid_run_resumes_from_its_checkpoint_and_registers_once(loop):
-    from rl_lib.checkpoints import CheckpointManager
-    from rl_lib.feedback.registry import ModelRegistry
-    from rl_lib.run_record import read_metadata
+    from rl_lib.serving.registry import ModelRegistry
+    from rl_lib.training.checkpoints import CheckpointManager
+    from rl_lib.training.run_record import read_metadata
 
     budget = 1200
     settings, path = loop.settings(retrain_budget_steps=budget, gate_min_days=1000, retrain_wall_s=100,
@@ -360,8 +360,8 @@ def test_two_retrains_at_once_one_is_skipped_by_the_lock(loop):
 def test_the_retrain_promotes_on_the_gates_word_only_and_never_twice(loop, monkeypatch, tmp_path):
     """In process (the flow, not the delivery): a gate forced to say promote, its redelivery, a rollback."""
     from rl_lib.feedback import gate as gate_module
-    from rl_lib.feedback.registry import ModelRegistry
     from rl_lib.feedback.tasks import run_collect, run_retrain
+    from rl_lib.serving.registry import ModelRegistry
 
     settings, _ = loop.settings()
     registry, quiet = ModelRegistry(settings.registry), {"client": loop.client, "log": lambda m: None}
@@ -429,8 +429,8 @@ def test_beat_collects_on_its_compressed_schedule_and_the_dashboard_shows_the_lo
 # ------------------------------------------------------------------------------------------ demo
 def test_the_compressed_clock_demo_end_to_end(parent, tmp_path, capsys):
     from rl_lib.feedback.cli import add_feedback_command
-    from rl_lib.feedback.registry import ModelRegistry
     from rl_lib.feedback.store import ExperienceStore
+    from rl_lib.serving.registry import ModelRegistry
 
     parser = argparse.ArgumentParser()
     add_feedback_command(parser.add_subparsers(dest="command", required=True))

@@ -16,7 +16,7 @@ from rl_lib.experiment import load_experiment
 from rl_lib.scenarios.config import ScenarioConfig
 from rl_lib.scenarios.historical import (
     COLUMNS,
-    add_data_command,
+    ON_ERROR,
     days_from_bookings,
     fit_scenario,
     read_bookings,
@@ -24,6 +24,7 @@ from rl_lib.scenarios.historical import (
     save_scenario,
     write_sample,
 )
+from rl_lib.scenarios.historical.cli import add_data_command
 from rl_lib.scenarios.synthetic import SyntheticScenario
 
 SEED = 7
@@ -323,3 +324,20 @@ def test_cli_sample_replay_and_fit(tmp_path: Path, capsys: pytest.CaptureFixture
         _cli(["data", "import", str(src), "--out", str(tmp_path / "valid.json")])
     with pytest.raises(SystemExit):
         _cli(["data", "import", str(src), "--on-error", "ignore"])
+
+
+def test_the_cli_offers_every_on_error_mode_without_importing_pandas():
+    import subprocess
+    import sys
+
+    parser = argparse.ArgumentParser()
+    add_data_command(parser.add_subparsers())
+    data = parser._subparsers._group_actions[0].choices["data"]
+    imp = data._subparsers._group_actions[0].choices["import"]
+    on_error = next(a for a in imp._actions if a.dest == "on_error")
+    assert tuple(on_error.choices) == ON_ERROR
+    code = (
+        "import sys, rl_lib.scenarios.historical.cli; print(sorted({'pandas', 'scipy'} & set(sys.modules)))"
+    )
+    loaded = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    assert loaded.strip() == "[]"

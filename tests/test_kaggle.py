@@ -22,7 +22,6 @@ import pytest
 import yaml
 from conftest import TINY_EXPERIMENT, tiny_config
 
-from rl_lib.checkpoints import KAGGLE_DISK_BUDGET, CheckpointManager
 from rl_lib.cli import main
 from rl_lib.config import to_dict
 from rl_lib.errors import UserError
@@ -31,6 +30,7 @@ from rl_lib.kaggle import kernel as kernel_module
 from rl_lib.kaggle.credentials import scan_for_secrets
 from rl_lib.kaggle.kernel import build_kernel, slugify, validate_kernel_folder
 from rl_lib.training import train
+from rl_lib.training.checkpoints import KAGGLE_DISK_BUDGET, CheckpointManager
 
 ROOT = Path(__file__).resolve().parents[1]
 PINS = code_dataset.pinned_packages()  # the local versions (the pyproject pins: see the test below)

@@ -20,7 +20,9 @@ from live import uvicorn_thread, wait_for
 
 from rl_lib.cli import main
 from rl_lib.errors import UserError
-from rl_lib.feedback.registry import (
+from rl_lib.inference import export_onnx, onnx_metadata
+from rl_lib.io import atomic_write_json, sha256_file
+from rl_lib.serving.registry import (
     LINEAGE,
     MANIFEST,
     METRICS,
@@ -31,8 +33,6 @@ from rl_lib.feedback.registry import (
     ModelRegistry,
     is_registry,
 )
-from rl_lib.inference import export_onnx, onnx_metadata
-from rl_lib.io import atomic_write_json, sha256_file
 from rl_lib.training import train
 
 REPO = Path(__file__).parents[1]
@@ -157,7 +157,7 @@ def test_register_refuses_what_it_cannot_vouch_for_and_leaves_nothing(runs, regi
 
 CRASH_BEFORE_RENAME = """
 import os, sys
-import rl_lib.feedback.registry as registry
+import rl_lib.serving.registry as registry
 registry.os.rename = lambda *args: os._exit(9)  # killed between building the folder and publishing it
 registry.ModelRegistry(sys.argv[1]).register(sys.argv[2])
 """

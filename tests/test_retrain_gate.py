@@ -22,10 +22,10 @@ from rl_lib.envs import DispatchEnv
 from rl_lib.errors import UserError
 from rl_lib.feedback.gate import KEEP, PROMOTE, bookings_from_records, days_from_records, gate
 from rl_lib.feedback.retrain import prefill_replay_buffer, retrain
-from rl_lib.run_record import read_metadata
 from rl_lib.scenarios.historical import MOBILITIES, PRIORITIES
 from rl_lib.scenarios.synthetic import SyntheticScenario
 from rl_lib.training import make_train_env, train
+from rl_lib.training.run_record import read_metadata
 
 QUIET = {"log": lambda *a: None}
 SERVICE_DAYS = ("2026-06-01", "2026-06-02")

@@ -20,12 +20,12 @@ import pytest
 import torch as th
 from conftest import tiny_config
 
-from rl_lib import callbacks
 from rl_lib.agents import MaskableDQN, load_model
-from rl_lib.checkpoints import CheckpointManager, adaptive_checkpoint_freq
 from rl_lib.cli import main
 from rl_lib.errors import UserError
-from rl_lib.training import EXIT_DISK_BUDGET, EXIT_DIVERGED, EXIT_INTERRUPTED, train
+from rl_lib.training import callbacks, train
+from rl_lib.training.checkpoints import CheckpointManager, adaptive_checkpoint_freq
+from rl_lib.training.run_record import EXIT_DISK_BUDGET, EXIT_DIVERGED, EXIT_INTERRUPTED
 
 ROOT = Path(__file__).resolve().parents[1]
 QUIET = {"log": lambda *a: None}

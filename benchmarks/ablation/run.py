@@ -16,8 +16,8 @@ from pathlib import Path
 import yaml
 
 from rl_lib.pipeline import load_configs
-from rl_lib.run_record import RUNS
 from rl_lib.training import seed_run_dir, train_seeds
+from rl_lib.training.run_record import RUNS
 
 if __name__ == "__main__":
     params = yaml.safe_load(Path("params/ablation.yaml").read_text())

@@ -81,8 +81,8 @@ def load_model(run_dir: str | Path, which: str = "best", device: str = "auto") -
 
     :param which: ``"best"`` (what the thesis reports), ``"final"`` or ``"latest"``.
     """
-    from rl_lib.checkpoints import CheckpointManager
-    from rl_lib.run_record import read_metadata
+    from rl_lib.training.checkpoints import CheckpointManager
+    from rl_lib.training.run_record import read_metadata
 
     run_dir = Path(run_dir)
     meta = read_metadata(run_dir)

@@ -2,8 +2,9 @@
 
 One concept per module, each imported only where it is used (this package imports nothing):
 
-- :mod:`~rl_lib.feedback.registry`: the model registry: immutable, sha256-sealed versions with
-  their lineage and metrics, the production pointer, promotions, rollbacks and their decision records;
+It builds on :mod:`rl_lib.serving` (the decision log it learns from, the model registry it promotes
+into), never the other way round.
+
 - :mod:`~rl_lib.feedback.cli`: ``rl-lib registry list | show | register | promote | rollback`` and
   ``rl-lib feedback run | demo``;
 - :mod:`~rl_lib.feedback.transitions`, :mod:`~rl_lib.feedback.store`, :mod:`~rl_lib.feedback.collect`:

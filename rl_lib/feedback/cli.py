@@ -1,7 +1,7 @@
 """The feedback loop's commands, registered by :func:`add_registry_command` and :func:`add_feedback_command`.
 
 ``rl-lib registry list | show | register | promote | rollback``: the model registry
-(:mod:`rl_lib.feedback.registry`). Every sub-command takes ``--registry DIR`` (default
+(:mod:`rl_lib.serving.registry`). Every sub-command takes ``--registry DIR`` (default
 ``results/registry``). Bad input (an unknown or corrupt version, a rollback with nothing to roll back
 to) is one line and exit code 2, with nothing written.
 
@@ -26,7 +26,7 @@ DEFAULT_REGISTRY = "results/registry"
 
 
 def _registry(args: argparse.Namespace):
-    from rl_lib.feedback.registry import ModelRegistry
+    from rl_lib.serving.registry import ModelRegistry
 
     return ModelRegistry(args.registry)
 

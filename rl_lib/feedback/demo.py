@@ -71,10 +71,10 @@ def run_demo(options: DemoOptions, out: Callable[[str], None] = print) -> int:
 
     from rl_lib.config import to_dict
     from rl_lib.feedback import processes
-    from rl_lib.feedback.registry import ModelRegistry
     from rl_lib.feedback.store import ExperienceStore
     from rl_lib.serving.demo import wait_ready
     from rl_lib.serving.redis_server import LocalRedis, free_port
+    from rl_lib.serving.registry import ModelRegistry
     from rl_lib.serving.server import ensure_token_file
     from rl_lib.serving.simulator import http_poster
 
@@ -172,7 +172,7 @@ def _root_config(registry):
     from rl_lib.config import from_dict
     from rl_lib.experiment import ExperimentConfig
     from rl_lib.feedback.status import lineage
-    from rl_lib.run_record import read_metadata
+    from rl_lib.training.run_record import read_metadata
 
     root = registry.version_dir(list(lineage(registry, registry.production()))[-1])
     return from_dict(ExperimentConfig, read_metadata(root)["config"], source=str(root))

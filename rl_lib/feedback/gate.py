@@ -36,10 +36,10 @@ from rl_lib.errors import UserError
 from rl_lib.evaluation import episode_row
 from rl_lib.experiment import ExperimentConfig
 from rl_lib.inference import Dispatcher
-from rl_lib.run_record import read_metadata
 from rl_lib.scenarios.config import ScenarioConfig
 from rl_lib.scenarios.historical import COLUMNS, days_from_bookings
 from rl_lib.stats import paired_differences
+from rl_lib.training.run_record import read_metadata
 
 CANDIDATE, PRODUCTION = "candidate", "production"
 PROMOTE, KEEP = "promote", "keep production"

@@ -47,14 +47,14 @@ import numpy as np
 import pandas as pd
 
 from rl_lib.agents import MaskableReplayBuffer
-from rl_lib.checkpoints import CheckpointManager
 from rl_lib.config import from_dict
 from rl_lib.errors import UserError
 from rl_lib.experiment import ExperimentConfig, with_overrides
-from rl_lib.run_record import read_metadata
 from rl_lib.scenarios.config import ScenarioConfig
 from rl_lib.scenarios.historical import fit_scenario
 from rl_lib.training import TrainResult, train
+from rl_lib.training.checkpoints import CheckpointManager
+from rl_lib.training.run_record import read_metadata
 
 #: The transition columns a retrain reads (the collected frame has a few more).
 COLUMNS = (

@@ -22,8 +22,8 @@ import json
 import time
 from collections.abc import Callable
 
-from rl_lib.feedback.registry import LINEAGE, ModelRegistry
 from rl_lib.feedback.settings import FeedbackSettings, hour_bucket
+from rl_lib.serving.registry import LINEAGE, ModelRegistry
 
 HOURS_SHOWN = 12
 GATES_SHOWN = 5

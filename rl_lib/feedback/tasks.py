@@ -53,7 +53,7 @@ write and this count is not counted, the store is the truth) and the report to t
 6. Registered with the gate decision and the retrain's figures as metrics, its data window and parent
    in the lineage, unless a version of that run dir's model exists (the registry's lineage says so):
    then that version and the decision in its metrics are taken, nothing is measured twice.
-7. The gate decision recorded with :meth:`~rl_lib.feedback.registry.ModelRegistry.record_decision`
+7. The gate decision recorded with :meth:`~rl_lib.serving.registry.ModelRegistry.record_decision`
    (``kind="gate"``: verdict, reason, every difference with its CI), once per version.
 8. Promoted only if the gate says so, production is still the parent it was gated against, and the
    version was never promoted before (a rollback is not undone by a redelivery).
@@ -91,7 +91,7 @@ RETRY_COUNTDOWN_S = 5.0
 SKIPPED, COLLECTED = "skipped", "collected"
 NO_PRODUCTION, NO_DATA, FAILED, DIVERGED = "no production", "no data", "failed", "diverged"
 NO_CANDIDATE, KEPT, PROMOTED, INTERRUPTED = "no candidate", "kept production", "promoted", "interrupted"
-WALL_TIME_STOP = "wall-time budget"  # how rl_lib.callbacks.StopRequest words a budget stop
+WALL_TIME_STOP = "wall-time budget"  # how rl_lib.training.callbacks.StopRequest words a budget stop
 REPLAY_FIELDS = ("decision_id", "service_day", "region", "now_min", "booking", "day_start_min", "day_end_min")
 
 logger = get_task_logger(__name__)
@@ -248,7 +248,7 @@ def reward_weights(settings: FeedbackSettings):
         from rl_lib.experiment import load_experiment
 
         return load_experiment(settings.config).reward
-    from rl_lib.feedback.registry import ModelRegistry
+    from rl_lib.serving.registry import ModelRegistry
 
     production = ModelRegistry(settings.registry).production_dir()
     return _config_of(production).reward if production is not None else RewardWeights()
@@ -292,7 +292,7 @@ class _Retrain:
     log: Callable[[str], None]
 
     def __post_init__(self) -> None:
-        from rl_lib.feedback.registry import ModelRegistry
+        from rl_lib.serving.registry import ModelRegistry
 
         self.registry = ModelRegistry(self.settings.registry)
 
@@ -311,11 +311,11 @@ class _Retrain:
                 "parent": parent,
                 "message": f"no logged transitions in {self.settings.store} yet: nothing to retrain on",
             }
-        from rl_lib.feedback.registry import MODEL_ZIP
         from rl_lib.feedback.retrain import retrain  # torch and SB3: only once there is work
         from rl_lib.feedback.store import ExperienceStore
         from rl_lib.io import sha256_file
-        from rl_lib.run_record import read_metadata
+        from rl_lib.serving.registry import MODEL_ZIP
+        from rl_lib.training.run_record import read_metadata
 
         parent = plan["parent"]  # the plan's, should production have moved since it was made
         folder = Path(self.settings.work_dir) / plan["name"]
@@ -522,7 +522,7 @@ class _Retrain:
 
     def _registered(self, run_dir: Path, model_sha256: str) -> str | None:
         """The version registered from ``run_dir``'s current best model, if any (from the lineages)."""
-        from rl_lib.feedback.registry import LINEAGE
+        from rl_lib.serving.registry import LINEAGE
 
         source = str(run_dir.resolve())
         for version in self.registry.versions():
@@ -599,7 +599,7 @@ def decision_records(
 def _config_of(run_dir: Path):
     from rl_lib.config import from_dict
     from rl_lib.experiment import ExperimentConfig
-    from rl_lib.run_record import read_metadata
+    from rl_lib.training.run_record import read_metadata
 
     return from_dict(ExperimentConfig, read_metadata(run_dir)["config"], source=str(run_dir))
 

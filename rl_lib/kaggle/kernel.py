@@ -147,7 +147,7 @@ def kernel_parameters(
     from rl_lib.config import to_dict
     from rl_lib.experiment import load_experiment
     from rl_lib.pipeline import check_train_parameters, load_configs
-    from rl_lib.run_record import run_dir_name
+    from rl_lib.training.run_record import run_dir_name
 
     names = notebook_parameters(notebook)
     unused = sorted(set(params) - set(names))

@@ -33,7 +33,6 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from rl_lib.checkpoints import MANIFEST_SUFFIX, METADATA_SUFFIX, CheckpointManager, metadata_file
 from rl_lib.errors import UserError
 from rl_lib.io import atomic_write_json
 from rl_lib.kaggle import swap_into_place
@@ -43,7 +42,8 @@ from rl_lib.kaggle.kernel import (
     read_record,
     validate_kernel_folder,
 )
-from rl_lib.run_record import EXIT_COMPLETED, EXIT_DIVERGED, EXIT_INTERRUPTED, RUNS
+from rl_lib.training.checkpoints import MANIFEST_SUFFIX, METADATA_SUFFIX, CheckpointManager, metadata_file
+from rl_lib.training.run_record import EXIT_COMPLETED, EXIT_DIVERGED, EXIT_INTERRUPTED, RUNS
 
 QUEUED, RUNNING, COMPLETE, ERROR = "queued", "running", "complete", "error"
 #: KernelWorkerStatus (kagglesdk) -> what we report.

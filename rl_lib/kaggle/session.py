@@ -17,7 +17,7 @@ between Kaggle versions: ``/kaggle/input/SLUG/...``, ``/kaggle/input/notebooks/O
 2. the wall-time budget becomes a deadline: ``max_wall_time`` seconds from now, by default the
    session limit minus a safety margin (:data:`SESSION_LIMIT_S` - :data:`SESSION_MARGIN_S`);
 3. the disk budget is for the whole working dir (``/kaggle/working`` holds 20 GB for everything):
-   by default :data:`rl_lib.checkpoints.KAGGLE_DISK_BUDGET`; the caller splits it evenly across the
+   by default :data:`rl_lib.training.checkpoints.KAGGLE_DISK_BUDGET`; the caller splits it evenly across the
    runs, since they all share it.
 
 For tests (and emulation on any machine), the paths come from ``RL_LIB_KAGGLE_INPUT`` and
@@ -36,10 +36,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from rl_lib.checkpoints import Checkpoint, CheckpointManager, kaggle_disk_budget, metadata_file
 from rl_lib.errors import UserError
 from rl_lib.kaggle import swap_into_place
-from rl_lib.run_record import RUNS, run_dir_name
+from rl_lib.training.checkpoints import Checkpoint, CheckpointManager, kaggle_disk_budget, metadata_file
+from rl_lib.training.run_record import RUNS, run_dir_name
 
 if TYPE_CHECKING:
     from rl_lib.experiment import ExperimentConfig
@@ -213,7 +213,7 @@ def prepare_session(
     :param runs: ``(name, seed)`` of every run the step trains.
     :param max_wall_time: seconds the whole step may train (default: :func:`default_wall_time`).
     :param disk_budget: bytes all runs may hold together (default:
-        :data:`~rl_lib.checkpoints.KAGGLE_DISK_BUDGET`).
+        :data:`~rl_lib.training.checkpoints.KAGGLE_DISK_BUDGET`).
     :param configs: run name -> its experiment config, for every run of ``runs``: a run is brought
         only from copies of its configuration (:func:`find_run_copies`).
     """

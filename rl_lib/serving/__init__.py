@@ -11,6 +11,9 @@ One concept per module, imported lazily (``rl-lib serve`` pulls FastAPI in; the 
   sticky salted-hash assignment);
 - :mod:`~rl_lib.serving.decision_log`: the decision and outcome streams (Redis Streams, versioned
   JSON, never pickle) with a local spool when Redis is away;
+- :mod:`~rl_lib.serving.registry`: the model registry: immutable, sha256-sealed versions with
+  their lineage and metrics, the production pointer, promotions, rollbacks and their decision records
+  (the service serves its production version; the feedback loop promotes into it);
 - :mod:`~rl_lib.serving.monitor`: Prometheus metrics and the live per-arm figures of the dashboard;
 - :mod:`~rl_lib.serving.dashboard`: the self-contained monitoring page (server-rendered SVG);
 - :mod:`~rl_lib.serving.app`: the FastAPI application;

@@ -80,7 +80,7 @@ class ModelPolicy:
 
     def _load(self) -> None:
         from rl_lib.config import from_dict
-        from rl_lib.run_record import read_metadata
+        from rl_lib.training.run_record import read_metadata
 
         meta = read_metadata(self.source)
         self.config = from_dict(ExperimentConfig, meta["config"], source=f"{self.source} metadata")

@@ -1,7 +1,7 @@
 """Assemble and run the service: model, experiment, decision log, token; uvicorn on 127.0.0.1.
 
 The model is a DQN run dir's best model, or a model registry's production version
-(:mod:`rl_lib.feedback.registry`): then a :class:`~rl_lib.serving.service.ProductionWatcher` polls
+(:mod:`rl_lib.serving.registry`): then a :class:`~rl_lib.serving.service.ProductionWatcher` polls
 the production pointer every ``watch_interval_s`` seconds and hot-swaps each newly promoted version
 in, once it has verified and loaded. A registry without a production version yet is served by the
 fallback until the first promotion.
@@ -29,12 +29,12 @@ from pathlib import Path
 from urllib.parse import urlsplit
 
 from rl_lib.errors import UserError
-from rl_lib.feedback.registry import ModelRegistry, is_registry
 from rl_lib.serving.app import Security, create_app, read_secret
 from rl_lib.serving.decision_log import DecisionLog, LogTail, redis_connector
 from rl_lib.serving.experiment import Experiment, load_experiment_file
 from rl_lib.serving.monitor import Monitor
 from rl_lib.serving.policy import ModelPolicy
+from rl_lib.serving.registry import ModelRegistry, is_registry
 from rl_lib.serving.service import DispatchService, ProductionWatcher, load_version
 
 

@@ -9,7 +9,7 @@ request reads the model once, so it finishes on the model it started with, and i
 that model's version.
 
 :class:`ProductionWatcher` swaps it when the service follows a model registry
-(:mod:`rl_lib.feedback.registry`): it polls the production pointer and swaps in each newly promoted
+(:mod:`rl_lib.serving.registry`): it polls the production pointer and swaps in each newly promoted
 version once it has verified and loaded, so the experiment's ``model`` arm is always the production
 model; a version that fails keeps the live model, and the stats and metrics say so.
 """
@@ -296,7 +296,7 @@ class DispatchService:
 
 # -------------------------------------------------------------- registry watch
 class Registry(Protocol):
-    """What the service reads of a model registry (:class:`rl_lib.feedback.registry.ModelRegistry`)."""
+    """What the service reads of a model registry (:class:`rl_lib.serving.registry.ModelRegistry`)."""
 
     def production(self) -> str | None: ...
 

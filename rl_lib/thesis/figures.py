@@ -15,7 +15,6 @@ import numpy as np
 import pandas as pd
 from matplotlib.axes import Axes
 
-from rl_lib import run_record
 from rl_lib.errors import UserError
 from rl_lib.stats import iqm, stratified_bootstrap_ci
 from rl_lib.thesis.style import (
@@ -33,6 +32,7 @@ from rl_lib.thesis.style import (
     source_note,
     thesis_style,
 )
+from rl_lib.training import run_record
 
 BOUND = "hindsight_bound"
 #: The four panels of :func:`kpi_comparison`.

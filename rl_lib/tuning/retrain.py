@@ -33,7 +33,7 @@ from rl_lib.config import to_dict
 from rl_lib.errors import UserError
 from rl_lib.experiment import ExperimentConfig
 from rl_lib.io import atomic_write_csv, atomic_write_json, atomic_write_text
-from rl_lib.run_record import COMPLETED, RUNS
+from rl_lib.training.run_record import COMPLETED, RUNS
 from rl_lib.tuning.study import TUNING_SEEDS_START, StudySpec, best_trials, load_study, trial_config
 
 DEFAULT = "default"

@@ -53,8 +53,8 @@ def tune_step(
     :return: ``trials`` (one row per trial), ``decision`` (the re-training's), ``outputs`` (paths).
     """
     from rl_lib.experiment import load_experiment, with_overrides
-    from rl_lib.run_record import EXIT_COMPLETED
     from rl_lib.thesis.tuning import tuning_outputs
+    from rl_lib.training.run_record import EXIT_COMPLETED
     from rl_lib.tuning.retrain import retrain
     from rl_lib.tuning.settings import TuneSettings
     from rl_lib.tuning.study import make_spec, optimize

@@ -58,7 +58,7 @@ from rl_lib.config import to_dict
 from rl_lib.errors import UserError
 from rl_lib.experiment import ExperimentConfig
 from rl_lib.io import atomic_write_csv
-from rl_lib.run_record import COMPLETED, DIVERGED, EXIT_COMPLETED, EXIT_INTERRUPTED, INTERRUPTED
+from rl_lib.training.run_record import COMPLETED, DIVERGED, EXIT_COMPLETED, EXIT_INTERRUPTED, INTERRUPTED
 from rl_lib.tuning.settings import TuneSettings
 from rl_lib.tuning.space import SearchSpace
 
@@ -66,7 +66,7 @@ from rl_lib.tuning.space import SearchSpace
 #: (rl_lib.tuning.retrain) refuses these, so the confirmation never reuses a tuning seed.
 TUNING_SEEDS_START = 1_000_000
 MAX_RETRY = 3  # a trial whose worker dies more often than this is left failed
-PRUNED = "pruned"  # the other trial outcomes are run statuses (rl_lib.run_record)
+PRUNED = "pruned"  # the other trial outcomes are run statuses (rl_lib.training.run_record)
 
 
 @dataclass(frozen=True)
@@ -272,7 +272,7 @@ def trial_config(spec: StudySpec, params: dict[str, Any], number: int) -> Experi
 
 
 def _checkpoint_freq(total: int) -> int:
-    from rl_lib.checkpoints import adaptive_checkpoint_freq
+    from rl_lib.training.checkpoints import adaptive_checkpoint_freq
 
     return adaptive_checkpoint_freq(total)
 
@@ -284,10 +284,10 @@ class Objective:
         self.spec, self.lock, self.deadline, self.device, self.log = spec, lock, deadline, device, log
 
     def __call__(self, trial: optuna.Trial) -> float:
-        from rl_lib.run_record import read_metadata
-        from rl_lib.training import COMPLETED as RUN_COMPLETED
-        from rl_lib.training import DIVERGED as RUN_DIVERGED
         from rl_lib.training import STOPPED_BY_CALLER, train
+        from rl_lib.training.run_record import COMPLETED as RUN_COMPLETED
+        from rl_lib.training.run_record import DIVERGED as RUN_DIVERGED
+        from rl_lib.training.run_record import read_metadata
 
         self.lock.release()  # the trial is asked: other workers may check the budget now
         number = run_number(trial)

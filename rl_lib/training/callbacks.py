@@ -19,11 +19,11 @@ import torch as th
 from stable_baselines3.common.callbacks import BaseCallback
 
 from rl_lib.agents.maskable_dqn import DivergenceError
-from rl_lib.checkpoints import BUFFER_SUFFIX, MODEL_SUFFIX, STATE_SUFFIX, CheckpointManager
 from rl_lib.diagnostics import evaluate_with_diagnostics
 from rl_lib.envs import DispatchEnv
 from rl_lib.evaluation import evaluate_agent
-from rl_lib.resume import capture, model_bytes, replay_buffer_snapshot, state_bytes
+from rl_lib.training.checkpoints import BUFFER_SUFFIX, MODEL_SUFFIX, STATE_SUFFIX, CheckpointManager
+from rl_lib.training.resume import capture, model_bytes, replay_buffer_snapshot, state_bytes
 
 
 def crossed_a_multiple(step: int, last: int, every: int) -> bool:

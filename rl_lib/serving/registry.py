@@ -48,9 +48,9 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-from rl_lib.checkpoints import METADATA_SUFFIX
 from rl_lib.errors import UserError
 from rl_lib.io import FILE_MODE, atomic_write_json, fsync_dir, mismatched_file, sha256_file
+from rl_lib.training.checkpoints import METADATA_SUFFIX
 
 POINTER, DECISIONS, LOCK = "production.json", "decisions", ".lock"
 MANIFEST, METRICS, LINEAGE = "manifest.json", "metrics.json", "lineage.json"
@@ -140,7 +140,7 @@ class ModelRegistry:
         :param data_window: the experience it was trained on (e.g. first and last service day).
         :param metrics: what the caller measured (e.g. the gate's results), stored as ``metrics.json``.
         """
-        from rl_lib.run_record import git_commit, metadata_path
+        from rl_lib.training.run_record import git_commit, metadata_path
 
         run_dir = Path(run_dir)
         if not run_dir.is_dir():

@@ -14,7 +14,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from rl_lib.checkpoints import METADATA_SUFFIX, CheckpointManager
+from rl_lib.training.checkpoints import METADATA_SUFFIX, CheckpointManager
 
 #: A results folder's layout: ``RESULTS/runs/{name}_seed{seed}/`` run dirs, ``RESULTS/evaluation/`` tables.
 RUNS, EVALUATION = "runs", "evaluation"

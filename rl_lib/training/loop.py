@@ -35,20 +35,21 @@ from stable_baselines3.common.monitor import Monitor
 from stable_baselines3.common.vec_env import DummyVecEnv
 
 from rl_lib.agents import ALGORITHMS, DivergenceError, build_model
-from rl_lib.callbacks import CheckpointCallback, EvalCallback, KPILoggerCallback, StopRequest
-from rl_lib.checkpoints import (
+from rl_lib.config import to_dict
+from rl_lib.envs import DispatchEnv
+from rl_lib.errors import UserError
+from rl_lib.experiment import ExperimentConfig
+from rl_lib.scenarios.synthetic import SyntheticScenario
+from rl_lib.training.callbacks import CheckpointCallback, EvalCallback, KPILoggerCallback, StopRequest
+from rl_lib.training.checkpoints import (
     Checkpoint,
     CheckpointManager,
     DiskBudgetExceeded,
     adaptive_checkpoint_freq,
     kaggle_disk_budget,
 )
-from rl_lib.config import to_dict
-from rl_lib.envs import DispatchEnv
-from rl_lib.errors import UserError
-from rl_lib.experiment import ExperimentConfig
-from rl_lib.resume import model_bytes, restore
-from rl_lib.run_record import (
+from rl_lib.training.resume import model_bytes, restore
+from rl_lib.training.run_record import (
     COMPLETED,
     DIVERGED,
     EXIT_COMPLETED,
@@ -59,7 +60,6 @@ from rl_lib.run_record import (
     RunRecord,
     run_dir_name,
 )
-from rl_lib.scenarios.synthetic import SyntheticScenario
 
 STOPPED_BY_CALLER = "stopped by on_evaluation"
 DIVERGED_ADVICE = (
@@ -195,7 +195,8 @@ def train(
     """Train (or resume) the agent the config describes; see the module docstring.
 
     :param max_wall_time: seconds this session may run; it stops cleanly, interrupted, before.
-    :param disk_budget: bytes the run dir may hold (default: :data:`~rl_lib.checkpoints.KAGGLE_DISK_BUDGET`
+    :param disk_budget: bytes the run dir may hold (default:
+        :data:`~rl_lib.training.checkpoints.KAGGLE_DISK_BUDGET`
         on Kaggle, unlimited elsewhere).
     :param torch_threads: torch CPU threads; 1 (default) is fastest for these small networks and
         immune to oversubscription on shared machines. None leaves torch's default.
@@ -375,7 +376,7 @@ def train_seeds(
     :param train_kwargs: passed to :func:`train` (``max_wall_time``, ``disk_budget``, ``device``, ...);
         with several workers, ``log`` is ignored and each worker prints. On Kaggle, where every run
         shares one working dir, ``disk_budget`` defaults to
-        :data:`~rl_lib.checkpoints.KAGGLE_DISK_BUDGET` split evenly across the seeds (not the whole
+        :data:`~rl_lib.training.checkpoints.KAGGLE_DISK_BUDGET` split evenly across the seeds (not the whole
         budget each).
     """
     if len(set(seeds)) != len(seeds) or not seeds:
