@@ -19,7 +19,7 @@ import os
 import time
 from collections.abc import Iterator
 
-from rl_lib.argtypes import positive_int
+from rl_lib.argtypes import positive_int, positive_number
 from rl_lib.errors import UserError
 
 DEFAULT_REGISTRY = "results/registry"
@@ -168,16 +168,6 @@ def cmd_demo(args: argparse.Namespace) -> int:
         )
 
 
-def _seconds(text: str) -> float:
-    try:
-        value = float(text)
-    except ValueError:
-        value = -1.0
-    if not value > 0:
-        raise argparse.ArgumentTypeError(f"expected a positive number of seconds, got {text!r}")
-    return value
-
-
 def add_feedback_command(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser(
         "feedback",
@@ -206,13 +196,15 @@ def add_feedback_command(sub: argparse._SubParsersAction) -> None:
     d.add_argument("--model", metavar="RUN_DIR", help="a DQN run dir: v0001 when the registry has none")
     d.add_argument("--experiment", help="an A/B experiment YAML for the service (default: the model only)")
     d.add_argument("--days", type=positive_int, default=7, help="simulated service days (default 7)")
-    d.add_argument("--day-seconds", type=_seconds, default=30.0, help="wall seconds per day (default 30)")
+    d.add_argument(
+        "--day-seconds", type=positive_number, default=30.0, help="wall seconds per day (default 30)"
+    )
     d.add_argument(
         "--budget-steps", type=positive_int, default=2000, help="env steps per retrain (default 2000)"
     )
     d.add_argument(
         "--retrain-wall",
-        type=_seconds,
+        type=positive_number,
         default=60.0,
         metavar="SECONDS",
         help="wall-time budget of a retrain's training (default 60)",

@@ -33,6 +33,7 @@ from fastapi import Depends, FastAPI, HTTPException, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import HTMLResponse, JSONResponse, Response
 from prometheus_client import CONTENT_TYPE_LATEST
+from pydantic import BaseModel, ValidationError
 
 from rl_lib.serving.schemas import (
     BatchRequest,
@@ -100,6 +101,19 @@ class _BodyTooLarge(Exception):
     pass
 
 
+def _parse(model: type[BaseModel], body: bytes):
+    """The body as ``model`` (JSON parsed and validated by pydantic in one pass), or the 422 that
+    FastAPI would give: each error's location under ``body``."""
+    try:
+        return model.model_validate_json(body)
+    except ValidationError as exc:
+        raise RequestValidationError([{**e, "loc": ("body", *e["loc"])} for e in exc.errors()]) from None
+
+
+def _json(answer: BaseModel) -> Response:
+    return Response(answer.model_dump_json(), media_type="application/json")
+
+
 async def _too_large(send, limit: int) -> None:
     body = json.dumps({"detail": f"request body over {limit} bytes: send fewer decisions per batch"}).encode()
     headers = [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode())]
@@ -132,32 +146,38 @@ def create_app(service: DispatchService, security: Security) -> FastAPI:
         service.monitor.rejected.labels("422").inc()
         return JSONResponse({"detail": [{"loc": loc, "msg": str(exc), "type": "fleet_size"}]}, 422)
 
+    # The write endpoints read their body themselves: pydantic parses and validates the JSON in one
+    # pass, and the answer is dumped once (FastAPI would json.loads the body, validate the objects,
+    # then validate and encode the answer again): 0.24 -> 0.11 ms a decision (BENCHMARKS.md).
+    # The same 422s: RequestValidationError, each location under "body".
     @app.post("/v1/decisions", response_model=DecisionResponse, dependencies=[Depends(require_token)])
-    async def decide(request: DecisionRequest):
+    async def decide(request: Request):
+        decision = _parse(DecisionRequest, await request.body())
         try:
-            return (await service.decide_async([request]))[0]
+            return _json((await service.decide_async([decision]))[0])
         except FleetSizeError as exc:
             return fleet_error(exc, ["body", "fleet"])
 
     @app.post("/v1/decisions/batch", response_model=BatchResponse, dependencies=[Depends(require_token)])
-    async def decide_batch(batch: BatchRequest):
-        for i, request in enumerate(batch.requests):
+    async def decide_batch(request: Request):
+        batch = _parse(BatchRequest, await request.body())
+        for i, decision in enumerate(batch.requests):
             try:
-                service.check_fleet(request)
+                service.check_fleet(decision)
             except FleetSizeError as exc:
                 return fleet_error(exc, ["body", "requests", i, "fleet"])
-        return BatchResponse(decisions=await service.decide_async(list(batch.requests)))
+        return _json(BatchResponse(decisions=await service.decide_async(list(batch.requests))))
 
     @app.post("/v1/outcomes", response_model=OutcomeResponse, dependencies=[Depends(require_token)])
-    async def outcome(outcome: OutcomeRequest):
+    async def outcome(request: Request):
+        outcome = _parse(OutcomeRequest, await request.body())
         try:
-            return OutcomeResponse(
-                decision_id=outcome.decision_id, recorded=await service.record_outcome_async(outcome)
-            )
+            recorded = await service.record_outcome_async(outcome)
         except RefusedDecisionError as exc:
             service.monitor.rejected.labels("422").inc()
             return JSONResponse({"detail": [{"loc": ["body", "decision_id"], "msg": str(exc),
                                              "type": "refused_decision"}]}, 422)  # fmt: skip
+        return _json(OutcomeResponse(decision_id=outcome.decision_id, recorded=recorded))
 
     @app.get("/healthz")
     async def healthz():

@@ -4,43 +4,13 @@
 from __future__ import annotations
 
 import argparse
-import math
 import os
 
-from rl_lib.argtypes import positive_int
+from rl_lib.argtypes import positive_int, positive_number, positive_number_or_max, tcp_port
 from rl_lib.errors import UserError
 
 # rl_lib.inference.BACKENDS, spelled out: importing it here would load numpy and the env for --help.
 BACKENDS = ("torch", "onnx", "onnx-int8", "onnx-int8-static")
-
-
-def _port(text: str) -> int:
-    value = int(text) if text.isdigit() else -1
-    if not 1 <= value <= 65535:
-        raise argparse.ArgumentTypeError(f"expected a TCP port in 1..65535, got {text!r}")
-    return value
-
-
-def _speed(text: str) -> float | None:
-    if text == "max":
-        return None
-    try:
-        value = float(text)
-    except ValueError:
-        value = -1.0
-    if not (math.isfinite(value) and value > 0):
-        raise argparse.ArgumentTypeError(f"expected a positive number or 'max', got {text!r}")
-    return value
-
-
-def _seconds(text: str) -> float:
-    try:
-        value = float(text)
-    except ValueError:
-        value = -1.0
-    if not (math.isfinite(value) and value > 0):
-        raise argparse.ArgumentTypeError(f"expected a positive number of seconds, got {text!r}")
-    return value
 
 
 def cmd_serve(args: argparse.Namespace) -> int:
@@ -109,13 +79,13 @@ def add_serve_command(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("serve", help="the dispatch service (HTTP API, A/B arms, decision log, dashboard)")
     p.add_argument("--model", help="a DQN run dir (its best model; sha256-checked), or a model registry "
                    "folder (its production version, swapped when another is promoted)")  # fmt: skip
-    p.add_argument("--watch-interval", type=_seconds, default=2.0, metavar="SECONDS",
+    p.add_argument("--watch-interval", type=positive_number, default=2.0, metavar="SECONDS",
                    help="how often a registry's production pointer is read (default 2)")  # fmt: skip
     p.add_argument("--experiment", help="experiments/*.yaml (default: the model decides everything)")
     p.add_argument("--backend", default="auto", choices=("auto", *BACKENDS),
                    help="auto: ONNX FP32 when exported from this model (exact), else torch")  # fmt: skip
     p.add_argument("--host", default="127.0.0.1", help="bind address (default 127.0.0.1)")
-    p.add_argument("--port", type=_port, default=8000)
+    p.add_argument("--port", type=tcp_port, default=8000)
     p.add_argument(
         "--workers",
         type=positive_int,
@@ -137,7 +107,7 @@ def add_serve_command(sub: argparse._SubParsersAction) -> None:
     s.add_argument("--url", default="http://127.0.0.1:8000")
     s.add_argument("--days", type=positive_int, default=5)
     s.add_argument("--split", choices=("validation", "test"), default="test")
-    s.add_argument("--speed", type=_speed, default=600.0,
+    s.add_argument("--speed", type=positive_number_or_max, default=600.0,
                    help="simulated minutes per real minute (default 600), or 'max'")  # fmt: skip
     s.add_argument("--first-day", default="2027-01-04", help="service date of the first day")
     s.add_argument("--config", help="experiment YAML of the scenario (default: built-in)")
@@ -152,7 +122,10 @@ def add_serve_command(sub: argparse._SubParsersAction) -> None:
     s.add_argument("--experiment", default="experiments/ab.yaml")
     s.add_argument("--days", type=positive_int, default=5, help="test days played (default 5)")
     s.add_argument(
-        "--speed", type=_speed, default=None, help="simulated minutes per real minute (default max)"
+        "--speed",
+        type=positive_number_or_max,
+        default=None,
+        help="simulated minutes per real minute (default max)",
     )
     s.add_argument("--state-dir", default="results/serve-demo")
     s.add_argument("--out", default="results/serve-demo/ab", help="folder of the A/B report's CSVs")
