@@ -63,13 +63,15 @@ bench: venv
 # the default is trained first when absent (configs/dqn.yaml, 30 000 steps: a few minutes here).
 MODEL ?= results/serve/model
 EXPERIMENT ?= experiments/ab.yaml
+# WORKERS: uvicorn worker processes, about one per core (BENCHMARKS.md: 2 here).
+WORKERS ?= 1
 
 $(MODEL)/best_model/best_model.zip:
 	$(BIN)/rl-lib train --config configs/dqn.yaml --total-timesteps 30000 --run-dir $(MODEL)
 	$(BIN)/rl-lib export $(MODEL)
 
 serve: venv $(MODEL)/best_model/best_model.zip
-	$(BIN)/rl-lib serve --model $(MODEL) --experiment $(EXPERIMENT) --start-redis
+	$(BIN)/rl-lib serve --model $(MODEL) --experiment $(EXPERIMENT) --start-redis --workers $(WORKERS)
 
 # Redis, the service and the production simulator on 5 test days (agent vs insertion, switchback by
 # day), then the A/B report.
