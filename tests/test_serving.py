@@ -572,3 +572,29 @@ def test_several_workers_show_one_service_and_join_outcomes_across_workers(train
                 client.close()
             server.terminate()
             server.wait(timeout=30)
+
+
+@pytest.mark.skipif(not HAS_REDIS, reason="redis-server is not installed (apt-get install redis-server)")
+def test_entries_not_of_the_log_schema_are_left_out_of_the_figures(trained, tmp_path, monkeypatch):
+    """Whoever can write to the streams must not be able to stop the dashboard or skew its figures."""
+    import redis
+
+    from rl_lib.serving.redis_server import LocalRedis
+
+    with LocalRedis(tmp_path / "redis", port=0) as server:
+        service, client = make_client(trained["fleet"], tmp_path, monkeypatch, redis_url=server.url)
+        answer = client.post("/v1/decisions", json=request_body(trained), headers=AUTH).json()
+        raw = redis.Redis.from_url(server.url)
+        for junk in (b"{not json", b"[1, 2]", json.dumps({"schema": "rl_lib.decision/1"}).encode(),
+                     json.dumps({"schema": "rl_lib.outcome/1", "decision_id": answer["decision_id"],
+                                 "status": "completed", "lateness_min": "late"}).encode()):  # fmt: skip
+            stream = service.log.outcomes_stream if b"outcome" in junk else service.log.decisions_stream
+            raw.xadd(stream, {"record": junk})
+        raw.xadd(service.log.decisions_stream, {"other": b"field"})
+        stats = client.get("/v1/stats")
+        assert stats.status_code == 200 and stats.json()["decisions_in_window"] == 1
+        assert client.get("/dashboard").status_code == 200
+        skipped = [line for line in client.get("/metrics").text.splitlines()
+                   if line.startswith("rl_lib_log_records_skipped_total")]  # fmt: skip
+        assert skipped == ["rl_lib_log_records_skipped_total 5.0"]
+        service.log.close()

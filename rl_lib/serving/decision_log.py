@@ -356,8 +356,9 @@ class LogTail:
         self._last: dict[str, str | None] = {log.decisions_stream: None, log.outcomes_stream: None}
         self._lock = threading.Lock()  # concurrent refreshes must not read a record twice
 
-    def read(self) -> tuple[list[dict], list[dict]]:
-        """(decisions, outcomes), oldest first; nothing when Redis is unreachable."""
+    def read(self) -> tuple[list[dict | None], list[dict | None]]:
+        """(decisions, outcomes), oldest first (None: an entry that is no record); nothing when Redis
+        is unreachable."""
         with self._lock:
             client = self.log._redis()
             if client is None:
@@ -371,15 +372,24 @@ class LogTail:
             for stream, entries in (log.outcomes_stream, outcomes), (log.decisions_stream, decisions):
                 if entries:  # both read: only now move on (a half read would lose records)
                     self._last[stream] = entries[0][0]
-            return [_record(e) for e in reversed(decisions)], [_record(e) for e in reversed(outcomes)]
+            return _records(decisions), _records(outcomes)
 
     def _new(self, client, stream: str) -> list:
         last = self._last[stream]
         return client.xrevrange(stream, "+", "-" if last is None else f"({last}", count=self.limit)
 
 
-def _record(entry) -> dict:
-    return orjson.loads(entry[1]["record"])
+def _records(entries: list) -> list[dict | None]:
+    """The entries' records, oldest first; None for an entry that is not a JSON object (whoever can
+    write to Redis must not be able to stop the dashboard: the monitor counts and skips it)."""
+    out: list[dict | None] = []
+    for _, fields in reversed(entries):
+        try:
+            record = orjson.loads(fields["record"])
+        except (KeyError, orjson.JSONDecodeError):
+            record = None
+        out.append(record if isinstance(record, dict) else None)
+    return out
 
 
 def _end_torn_line(path: Path) -> None:

@@ -27,6 +27,7 @@ seconds (each dashboard refresh would otherwise pay the read and the bootstrap a
 
 from __future__ import annotations
 
+import math
 import os
 import threading
 import time
@@ -37,8 +38,10 @@ from dataclasses import dataclass
 import numpy as np
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 
+from rl_lib.serving.decision_log import DECISION_SCHEMA, OUTCOME_SCHEMA
+
 #: New decision and outcome records of the log since the last call (oldest first).
-RecordSource = Callable[[], tuple[list[dict], list[dict]]]
+RecordSource = Callable[[], tuple[list[dict | None], list[dict | None]]]
 
 LATENCY_BUCKETS = (0.0005, 0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.25, 1.0)
 
@@ -82,6 +85,9 @@ class Monitor:
                               multiprocess_mode="sum")  # fmt: skip
         self.model_info = Gauge("rl_lib_model_loaded", "1 when the model decides", ["version"], registry=r,
                                 multiprocess_mode="livemax")  # fmt: skip
+        self.skipped_records = Counter("rl_lib_log_records_skipped",
+                                       "Stream entries the live figures left out: not of the log's schema",
+                                       registry=r)  # fmt: skip
         self.model_swaps = Counter("rl_lib_model_swaps", "Models swapped in while serving", registry=r)
         self.model_load_failures = Counter("rl_lib_model_load_failures",
                                            "Promoted models that failed to load (the live one kept)",
@@ -119,11 +125,16 @@ class Monitor:
         """Count an outcome this process recorded."""
         self.outcomes.labels(status).inc()
 
-    def absorb(self, decisions: list[dict], outcomes: list[dict]) -> None:
+    def absorb(self, decisions: list[dict | None], outcomes: list[dict | None]) -> None:
         """Add log records (oldest first) to the windows; an outcome whose decision is not read yet
-        (it was spooled, and is replayed later) waits for it, within the window."""
+        (it was spooled, and is replayed later) waits for it, within the window. A record not of
+        the log's schema (someone else wrote to the stream) is left out and counted
+        (``rl_lib_log_records_skipped_total``): it must not stop the dashboard."""
+        good_decisions = [r for r in decisions if _is_decision(r)]
+        good_outcomes = [r for r in outcomes if _is_outcome(r)]
         with self._lock:
-            for record in decisions:
+            skipped = len(decisions) + len(outcomes) - len(good_decisions) - len(good_outcomes)
+            for record in good_decisions:
                 arm, assigned = record["arm"], record["vehicle_id"] is not None
                 self._times.append((record["time_unix"], arm, record["policy"]))
                 self._latency_ms.append(record["decision_ms"])
@@ -132,7 +143,7 @@ class Monitor:
                     self._pending.popitem(last=False)
                 self._assigned.setdefault(arm, deque(maxlen=self._window)).append(float(assigned))
             waiting, self._orphans = self._orphans, OrderedDict()
-            for record in [*waiting.values(), *outcomes]:
+            for record in [*waiting.values(), *good_outcomes]:
                 facts = self._pending.pop(record["decision_id"], None)
                 if facts is None:
                     self._orphans[record["decision_id"]] = record
@@ -144,6 +155,8 @@ class Monitor:
                 self._trips.setdefault(facts.arm, deque(maxlen=self._window)).append(row)
             while len(self._orphans) > self._window:
                 self._orphans.popitem(last=False)
+        if skipped:
+            self.skipped_records.inc(skipped)
 
     def metrics_text(self) -> bytes:
         """``GET /metrics``: this process's metrics, or every worker's in multiprocess mode."""
@@ -207,6 +220,34 @@ class Monitor:
         self.spool_backlog.set(backlog)
         self.spooled.set(spooled)
         self.replayed.set(replayed)
+
+
+def _is_decision(record: dict | None) -> bool:
+    if not isinstance(record, dict):
+        return False
+    try:
+        return (record["schema"] == DECISION_SCHEMA and isinstance(record["arm"], str)
+                and isinstance(record["policy"], str) and isinstance(record["decision_id"], str)
+                and _number(record["time_unix"]) and _number(record["decision_ms"])
+                and (record["vehicle_id"] is None or isinstance(record["vehicle_id"], str)))  # fmt: skip
+    except KeyError:
+        return False
+
+
+def _is_outcome(record: dict | None) -> bool:
+    if not isinstance(record, dict):
+        return False
+    try:
+        trip = record["status"] != "completed" or (
+            _number(record["lateness_min"]) and _number(record["deadhead_km"])
+        )
+        return record["schema"] == OUTCOME_SCHEMA and isinstance(record["decision_id"], str) and trip
+    except KeyError:
+        return False
+
+
+def _number(value) -> bool:
+    return isinstance(value, int | float) and not isinstance(value, bool) and math.isfinite(value)
 
 
 def _reason_label(reason: str) -> str:
