@@ -208,7 +208,6 @@ def evaluate_step(
     from rl_lib.evaluation import evaluate_baselines, evaluate_runs
     from rl_lib.io import atomic_write_csv
     from rl_lib.scenarios.synthetic import SyntheticScenario
-    from rl_lib.stats import aggregate_table, gap_to_bound, paired_differences, probability_of_improvement
     from rl_lib.training.run_record import read_metadata
 
     _check("n_test_days", n_test_days, isinstance(n_test_days, int) and n_test_days > 0, "a positive integer")
@@ -232,17 +231,7 @@ def evaluate_step(
                             hindsight_time_limit_s=hindsight_time_limit_s)],
         ignore_index=True,
     )  # fmt: skip
-    tables = {
-        "per_episode": per_episode,
-        "aggregate": aggregate_table(per_episode, n_resamples=n_resamples),
-        "paired_differences": paired_differences(per_episode, reference="nearest", n_resamples=n_resamples),
-        "probability_of_improvement": probability_of_improvement(
-            per_episode, reference="nearest", n_resamples=n_resamples
-        ),  # fmt: skip
-    }
-    if hindsight:
-        agents = [p for p in dict.fromkeys(per_episode["policy"]) if p != "hindsight_bound"]
-        tables["gap_to_bound"] = gap_to_bound(per_episode, policies=agents, n_resamples=n_resamples)
+    tables = evaluation_tables(per_episode, n_resamples)
     # The default DQN ("dqn") first when an ablation holds several DQN variants.
     dqn_runs = sorted((m["name"] != "dqn", m["seed"], run) for run, m in zip(runs, metas, strict=True)
                       if m["algo"] == "dqn")  # fmt: skip
@@ -259,6 +248,26 @@ def evaluate_step(
         atomic_write_csv(table, out / f"{name}.csv")
     if len({m["name"] for m in metas if m["algo"] == "dqn"}) > 1:  # an agent study (params/ablation.yaml)
         tables["ablation"] = ablation_step(results_dir, n_resamples)
+    return tables
+
+
+def evaluation_tables(per_episode: pd.DataFrame, n_resamples: int = 2000) -> dict[str, pd.DataFrame]:
+    """The evaluation's tables from its per-episode rows: ``per_episode``, ``aggregate``,
+    ``paired_differences`` and ``probability_of_improvement`` (against nearest), and ``gap_to_bound``
+    when the rows hold the hindsight bound."""
+    from rl_lib.stats import aggregate_table, gap_to_bound, paired_differences, probability_of_improvement
+
+    tables = {
+        "per_episode": per_episode,
+        "aggregate": aggregate_table(per_episode, n_resamples=n_resamples),
+        "paired_differences": paired_differences(per_episode, reference="nearest", n_resamples=n_resamples),
+        "probability_of_improvement": probability_of_improvement(
+            per_episode, reference="nearest", n_resamples=n_resamples
+        ),  # fmt: skip
+    }
+    if (per_episode["policy"] == "hindsight_bound").any():
+        agents = [p for p in dict.fromkeys(per_episode["policy"]) if p != "hindsight_bound"]
+        tables["gap_to_bound"] = gap_to_bound(per_episode, policies=agents, n_resamples=n_resamples)
     return tables
 
 

@@ -18,9 +18,9 @@ import pandas as pd
 
 from rl_lib.evaluation import evaluate_runs
 from rl_lib.io import atomic_write_csv
-from rl_lib.pipeline import ablation_step, run_dirs, shared_experiment
+from rl_lib.pipeline import ablation_step, evaluation_tables, run_dirs, shared_experiment
 from rl_lib.scenarios.synthetic import SyntheticScenario
-from rl_lib.stats import aggregate_table, gap_to_bound, paired_differences, probability_of_improvement
+from rl_lib.stats import paired_differences
 from rl_lib.training.run_record import EVALUATION, RUNS, read_metadata
 
 COMMITTED = Path("benchmarks/results/ablation")
@@ -51,18 +51,10 @@ if __name__ == "__main__":
     days = SyntheticScenario(config.scenario).days("test", old["day_id"].nunique())
     added = evaluate_runs([view / RUNS / name for name in args.runs], days, config.reward, "best")
     per_episode = pd.concat([old, added], ignore_index=True)
-    agents = [p for p in dict.fromkeys(per_episode["policy"]) if p != "hindsight_bound"]
     out = view / EVALUATION
-    tables = {
-        "per_episode": per_episode,
-        "aggregate": aggregate_table(per_episode, n_resamples=N_RESAMPLES),
-        "paired_differences": paired_differences(per_episode, reference="nearest", n_resamples=N_RESAMPLES),
-        "paired_differences_vs_default": paired_differences(per_episode, reference="dqn",
-                                                            n_resamples=N_RESAMPLES),
-        "probability_of_improvement": probability_of_improvement(per_episode, reference="nearest",
-                                                                 n_resamples=N_RESAMPLES),
-        "gap_to_bound": gap_to_bound(per_episode, policies=agents, n_resamples=N_RESAMPLES),
-    }  # fmt: skip
+    tables = evaluation_tables(per_episode, N_RESAMPLES)  # the evaluation step's own tables
+    tables["paired_differences_vs_default"] = paired_differences(per_episode, reference="dqn",
+                                                                 n_resamples=N_RESAMPLES)  # fmt: skip
     rows = []
     for run in runs:
         meta = read_metadata(run)
