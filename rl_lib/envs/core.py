@@ -29,6 +29,7 @@ lateness is at most ``rules.max_lateness_min`` and the trip ends before its shif
 
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass
 from enum import IntEnum
 
@@ -103,6 +104,19 @@ class Outcome:
 UNDECIDED, SERVED, REFUSED, MISSED = (int(s) for s in Status)
 
 
+@functools.lru_cache(maxsize=16)
+def congestion_by_minute(hourly: bytes) -> np.ndarray:
+    """The hourly congestion profile (float64 bytes) by whole minute, over a week, read-only.
+
+    Indexing it by int(t) equals indexing the hourly profile by t // 60, in one operation fewer;
+    Day validation keeps every time the core looks up (departures, pickups) within 6 days. Cached
+    because the service builds a core per request, all with the scenario's one profile.
+    """
+    minute = np.repeat(np.tile(np.frombuffer(hourly, dtype=float), 7), 60)
+    minute.flags.writeable = False
+    return minute
+
+
 class DispatchCore:
     """Replays one :class:`~rl_lib.envs.day.Day`, one decision at a time.
 
@@ -145,10 +159,7 @@ class DispatchCore:
         # Transposed copies: row j holds the times / distances *to* node j, contiguous.
         self._free_flow_to = np.ascontiguousarray(day.travel.free_flow_min.T)
         self._distance_to = np.ascontiguousarray(day.travel.distance_km.T)
-        # Congestion by whole minute (the hour's multiplier repeated), over a week: indexing by
-        # int(t) equals indexing the hourly profile by t // 60, in one operation fewer. Day
-        # validation keeps every time we look up (departures, pickups) within 6 days.
-        self._congestion_by_minute = np.repeat(np.tile(day.travel.congestion, 7), 60)
+        self._congestion_by_minute = congestion_by_minute(day.travel.congestion.tobytes())
         self._shift_end = day.fleet.shift_end
         self._max_lateness = day.rules.max_lateness_min
 

@@ -29,6 +29,9 @@ class Mobility(IntEnum):
     STRETCHER = 2
 
 
+MOBILITY_CODES = np.arange(len(Mobility))  # broadcast against a mobility column: one-hot by mobility
+
+
 class VehicleType(IntEnum):
     CAR = 0
     WHEELCHAIR_VAN = 1
@@ -140,7 +143,7 @@ class Day:
         for name in Bookings.__dataclass_fields__:
             if len(getattr(b, name)) != n:
                 raise ValueError(f"booking field {name!r} has {len(getattr(b, name))} rows, expected {n}")
-        if n and np.any(np.diff(b.decision_time) < 0):
+        if n and (b.decision_time[1:] < b.decision_time[:-1]).any():
             raise ValueError("bookings must be sorted by decision_time")
         nodes = np.concatenate([b.pickup_node, b.dropoff_node]) if n else np.zeros(0, int)
         if n and (nodes.min() < 0 or nodes.max() >= self.travel.n_nodes):
@@ -160,7 +163,7 @@ class Day:
         # Known, undecided bookings wanting a pickup within the next UPCOMING_HORIZON_MIN, per
         # mobility: the demand the fleet must keep room for (what anticipation needs).
         soon = later & known & (b.requested_pickup[None, :] <= now[:, None] + UPCOMING_HORIZON_MIN)
-        by_mobility = np.stack([soon & (b.mobility[None, :] == m) for m in Mobility], axis=-1)
+        by_mobility = soon[:, :, None] & (b.mobility[None, :, None] == MOBILITY_CODES)
         object.__setattr__(self, "upcoming_at_decision", by_mobility.sum(axis=1))
 
     @property

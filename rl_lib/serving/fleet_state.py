@@ -54,10 +54,14 @@ def fleet_state(request: DecisionRequest, scenario: ScenarioConfig, weights: Rew
     """Evaluate ``request``'s booking against its fleet, with the scenario's travel model and rules."""
     geo = scenario.geography
     b, fleet = request.booking, request.fleet
-    coords = np.array(
-        [[b.pickup.x_km, b.pickup.y_km], [b.dropoff.x_km, b.dropoff.y_km]]
-        + [[v.position.x_km, v.position.y_km] for v in fleet],
+    # One pass over the fleet (this runs at every request): x, y, type, shift start / end, free at.
+    vehicles = np.array(
+        [(v.position.x_km, v.position.y_km, VEHICLE_TYPES.index(v.type), v.shift_start_min,
+          v.shift_end_min, v.free_at_min) for v in fleet],
         dtype=float,
+    )  # fmt: skip
+    coords = np.concatenate(
+        [[[b.pickup.x_km, b.pickup.y_km], [b.dropoff.x_km, b.dropoff.y_km]], vehicles[:, :2]]
     )
     now = float(request.now_min)
     bookings = Bookings(
@@ -76,9 +80,9 @@ def fleet_state(request: DecisionRequest, scenario: ScenarioConfig, weights: Rew
         start_min=scenario.day_start_min if request.day_start_min is None else float(request.day_start_min),
         end_min=scenario.day_end_min if request.day_end_min is None else float(request.day_end_min),
         fleet=Fleet(
-            vehicle_type=np.array([VEHICLE_TYPES.index(v.type) for v in fleet], dtype=np.int64),
-            shift_start=np.array([v.shift_start_min for v in fleet], dtype=float),
-            shift_end=np.array([v.shift_end_min for v in fleet], dtype=float),
+            vehicle_type=vehicles[:, 2].astype(np.int64),
+            shift_start=vehicles[:, 3].copy(),
+            shift_end=vehicles[:, 4].copy(),
         ),
         bookings=bookings,
         travel=TravelModel.planar(coords, geo.road_factor, geo.speed_kmh, geo.congestion),
@@ -89,7 +93,7 @@ def fleet_state(request: DecisionRequest, scenario: ScenarioConfig, weights: Rew
     core.reset(day)
     core.vehicle_node[:] = FIRST_VEHICLE + np.arange(len(fleet))
     # The core's free_at starts at the shift start and only grows: a queue never ends before it.
-    core.free_at[:] = np.maximum(core.free_at, [v.free_at_min for v in fleet])
+    core.free_at[:] = np.maximum(core.free_at, vehicles[:, 5])
     insertion = core.evaluate(0, now)
 
     static = booking_features(day)[0]

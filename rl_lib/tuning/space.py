@@ -36,6 +36,7 @@ DEFAULT_SPACE: dict[str, dict[str, Any]] = {
     "batch_size": {"type": "categorical", "choices": [32, 64, 128, 256]},
     # The fleet network's knobs (network: fleet is the default; net_width / net_depth tune the MLP).
     "fleet_hidden": {"type": "categorical", "choices": [32, 64, 128]},
+    "dueling": {"type": "categorical", "choices": [True, False]},
     "reward_scale": {"type": "float", "low": 0.01, "high": 1.0, "log": True},
     "n_steps": {"type": "int", "low": 1, "high": 5},
     "discount_tau_min": {"type": "float", "low": 1.0, "high": 30.0, "log": True},
