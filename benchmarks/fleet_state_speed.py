@@ -35,5 +35,6 @@ if __name__ == "__main__":
             fleet_state(request, scenario, weights)
         passes.append((time.process_time() - start) / len(requests) * 1e3)
     passes.sort()
-    print(f"{len(requests)} requests: fleet_state CPU ms per request "
-          f"min {passes[0]:.4f} median {passes[7]:.4f}")
+    print(
+        f"{len(requests)} requests: fleet_state CPU ms per request min {passes[0]:.4f} median {passes[7]:.4f}"
+    )
