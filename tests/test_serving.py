@@ -554,7 +554,12 @@ def test_several_workers_show_one_service_and_join_outcomes_across_workers(train
             result = play_day(day, post, "2027-01-04", trained["config"].reward)
             n = day.n_bookings
             assert result.outcomes_posted > 0
-            time.sleep(1.1)  # past the monitors' refresh_s
+
+            # Each worker's figures are at most refresh_s old: wait until both have read the log.
+            def caught_up(client):
+                return client.get("/v1/stats").json()["decisions_in_window"] == n
+
+            wait_for(lambda: caught_up(to_decide) and caught_up(to_report), 30, "both workers' figures")
             for client in (to_decide, to_report):
                 stats = client.get("/v1/stats").json()
                 assert stats["decisions_in_window"] == n == stats["stream_length"]["decisions"]
