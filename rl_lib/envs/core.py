@@ -159,7 +159,8 @@ class DispatchCore:
         # Transposed copies: row j holds the times / distances *to* node j, contiguous.
         self._free_flow_to = np.ascontiguousarray(day.travel.free_flow_min.T)
         self._distance_to = np.ascontiguousarray(day.travel.distance_km.T)
-        self._congestion_by_minute = congestion_by_minute(day.travel.congestion.tobytes())
+        hourly = np.asarray(day.travel.congestion, dtype=float)  # the cache key is its float64 bytes
+        self._congestion_by_minute = congestion_by_minute(hourly.tobytes())
         self._shift_end = day.fleet.shift_end
         self._max_lateness = day.rules.max_lateness_min
 
