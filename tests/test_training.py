@@ -164,8 +164,14 @@ def test_sigkill_at_random_points_and_during_saves_loses_nothing_but_recent_work
         if attempt % 2 == 0:  # during a save: as soon as a temporary file appears
             mid_save = lambda: ckpt.is_dir() and any(p.name.endswith(".tmp") for p in ckpt.iterdir())  # noqa: E731
             assert wait_for(mid_save, proc), "the run ended before a save could be interrupted"
-        else:
-            time.sleep(rng.uniform(3.0, 5.0))  # somewhere in start-up or training
+        else:  # in training, 1 to 3 checkpoints past where it resumed: never after the run's end,
+            # however fast the machine (a fixed sleep let a fast one finish all 600 steps first)
+            target = (before.step if before else 0) + 20 * rng.randint(1, 3)
+            manager = CheckpointManager(run_dir, "tiny")
+            assert wait_for(lambda: manager.manifests() and manager.manifests()[0][0] >= target, proc), (  # noqa: B023
+                "the run ended before it could be killed"
+            )
+            time.sleep(rng.uniform(0.0, 0.02))  # a little way into the next steps
         assert proc.poll() is None, "the run ended before it could be killed"
         proc.send_signal(signal.SIGKILL)
         proc.wait()
