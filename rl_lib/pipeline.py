@@ -399,8 +399,10 @@ def figures_step(
                 written.append(tables.gap_to_bound_table(pd.read_csv(gap), tables_out, lang, sources=[gap]))
             if ablation.is_file():  # the agent study (`rl-lib ablation`, params/ablation.yaml)
                 table = pd.read_csv(ablation)
-                written.append(figures.ablation_differences(table, figures_out, lang, sources=[ablation]))
-                written.append(tables.ablation_tex(table, tables_out, lang, sources=[ablation]))
+                # The study's reference is the run named like the thesis agent (params/ablation.yaml)
+                shown_study = {"reference": agent, "sources": [ablation]}
+                written.append(figures.ablation_differences(table, figures_out, lang, **shown_study))
+                written.append(tables.ablation_tex(table, tables_out, lang, **shown_study))
             if study is not None:
                 from rl_lib.thesis.tuning import tuning_outputs
 

@@ -30,6 +30,7 @@ from rl_lib.thesis.style import (
     policy_label,
     save_figure,
     source_note,
+    study_label,
     thesis_style,
 )
 from rl_lib.training import run_record
@@ -208,12 +209,13 @@ def plot_policy_intervals(
     return (BOUND, kpi) in values.index
 
 
-def ablation_differences(table: pd.DataFrame, out: str | Path, lang: str = "fr", *,
+def ablation_differences(table: pd.DataFrame, out: str | Path, lang: str = "fr", *, reference: str = "dqn",
                          sources: Sequence[str | Path]) -> Path:  # fmt: skip
     """The agent study: each variant's paired reward difference to batch matching and to nearest,
     one point and 95 % interval per variant, zero (the heuristic) as a vertical line.
 
     :param table: ``rl_lib.ablation.ablation_table`` output (``evaluation/ablation.csv``).
+    :param reference: the run name of the study's reference, labelled as such.
     :return: the PDF written.
     """
     check_lang(lang)
@@ -231,7 +233,7 @@ def ablation_differences(table: pd.DataFrame, out: str | Path, lang: str = "fr",
             ax.axvline(0.0, color=policy_color(reference), linestyle="--", linewidth=1)
             ax.set_xlabel(label(column, lang))
             ax.grid(axis="y", visible=False)
-        axes[0].set_yticks(range(len(policies)), [policy_label(p, lang) for p in policies])
+        axes[0].set_yticks(range(len(policies)), [study_label(p, reference, lang) for p in policies])
         axes[0].set_ylim(len(policies) - 0.5, -0.5)
         path = output_path(out, "ablation_differences", lang, ".pdf")
         return save_figure(fig, path, source_note("figures.ablation_differences", sources))

@@ -98,6 +98,9 @@ LABELS: dict[str, dict[str, str]] = {
     "dqn_one_step": {"fr": "retours à 1 pas", "en": "one-step returns"},
     "dqn_dueling": {"fr": "avec tête duelling", "en": "with dueling head"},
     "dqn_attention": {"fr": "avec auto-attention", "en": "with self-attention"},
+    # The run every variant changes one ingredient of: not the thesis default (which gained the
+    # dueling head the study found), so its row must not read as "Masked DQN"
+    "study_reference": {"fr": "Référence de l'étude", "en": "Study reference"},
     # KPIs, with their display units (rates are shown in %, see PERCENT_KPIS)
     "reward": {"fr": "Récompense par jour", "en": "Reward per day"},
     "reward_per_step": {"fr": "Récompense par décision", "en": "Reward per decision"},
@@ -256,6 +259,12 @@ def policy_label(policy: str, lang: str = "fr") -> str:
     """A policy's label; a policy without one (a new ablation, say) shows its own name."""
     check_lang(lang)
     return LABELS[policy][lang] if policy in LABELS else policy
+
+
+def study_label(policy: str, reference: str, lang: str = "fr") -> str:
+    """A row label of the agent study: its ``reference`` run is named as such, any other policy as
+    :func:`policy_label` names it."""
+    return label("study_reference", lang) if policy == reference else policy_label(policy, lang)
 
 
 def policy_color(policy: str) -> str:

@@ -28,6 +28,7 @@ from rl_lib.thesis.style import (
     output_path,
     policy_label,
     source_note,
+    study_label,
 )
 
 BOUND = "hindsight_bound"
@@ -543,12 +544,17 @@ ABLATION_COLUMNS = ("reward", "diff_batch_matching", "diff_nearest", "p_beats_ba
 
 
 def ablation_tex(
-    table: pd.DataFrame, out: str | Path, lang: str = "fr", *, sources: Sequence[str | Path]
-) -> Path:
+    table: pd.DataFrame, out: str | Path, lang: str = "fr", *, reference: str = "dqn",
+    sources: Sequence[str | Path],
+) -> Path:  # fmt: skip
     """The agent study (``evaluation/ablation.csv``, :func:`rl_lib.ablation.ablation_table`): one row per
     variant with its reward, paired differences to batch matching and nearest, probability of beating
     batch matching and share of its gap to the bound closed, each with its 95 % CI (an asterisk when a
-    difference's interval excludes 0)."""
+    difference's interval excludes 0).
+
+    :param reference: the run name of the study's reference (every variant changes one ingredient of
+        it), labelled "study reference" rather than by its algorithm.
+    """
     check_lang(lang)
     rows = table.set_index("policy")
     policies = ordered_policies(rows.index)
@@ -563,7 +569,7 @@ def ablation_tex(
     body, starred = [], False
     for policy in policies:
         r = rows.loc[policy]
-        cells = [latex_escape(policy_label(policy, lang))]
+        cells = [latex_escape(study_label(policy, reference, lang))]
         for c in columns:
             low, high = r[f"{intervals[c]}_low"], r[f"{intervals[c]}_high"]
             cell = interval_cell(scale[c] * r[c], scale[c] * low, scale[c] * high, digits[c])
