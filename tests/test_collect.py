@@ -16,8 +16,8 @@ import pytest
 from rl_lib.envs.core import RewardWeights
 from rl_lib.envs.dispatch_env import N_BOOKING, DispatchEnv, observation_size
 from rl_lib.feedback.store import ExperienceStore
-from rl_lib.feedback.transitions import COLUMNS, DayHistory, check_decision, check_outcome, join
-from rl_lib.serving.decision_log import DECISION_SCHEMA, OUTCOME_SCHEMA, array_field
+from rl_lib.feedback.transitions import COLUMNS, DayHistory, check_decision, join
+from rl_lib.serving.decision_log import DECISION_SCHEMA, OUTCOME_SCHEMA, array_field, check_outcome
 
 HAS_REDIS = shutil.which("redis-server") is not None
 K = 2

@@ -15,7 +15,7 @@ consumer group and writes what is ready to an :class:`~rl_lib.feedback.store.Exp
    earlier passes left waiting, and any a crash left unacknowledged), then new ones (``>``), ``batch``
    entries per stream at a time, ``pause_s`` seconds apart (a rate limit).
 4. **Validate.** Every record is decoded and checked (:func:`~rl_lib.feedback.transitions.check_decision`,
-   :func:`~rl_lib.feedback.transitions.check_outcome`). A reject is never dropped silently: it is
+   :func:`~rl_lib.serving.decision_log.check_outcome`). A reject is never dropped silently: it is
    appended to ``{prefix}:dead_letter`` (fields ``stream``, ``entry_id``, ``record`` as it was,
    ``reason``) and acknowledged, in one ``MULTI``/``EXEC`` transaction, and counted as ``rejected``.
 5. **Join.** After each page, valid records join the pass's working set (the entries read and not yet
@@ -62,10 +62,10 @@ from rl_lib.feedback.transitions import (
     HORIZON_MIN,
     DayHistory,
     check_decision,
-    check_outcome,
     decode_record,
     join,
 )
+from rl_lib.serving.decision_log import check_outcome
 
 TRIMMED = "the entry was trimmed from its stream (MAXLEN) before it was collected"
 

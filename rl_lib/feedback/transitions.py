@@ -4,7 +4,8 @@
 ``rl_lib.outcome/1`` record per outcome (:mod:`rl_lib.serving.decision_log`, fields written by
 :class:`rl_lib.serving.service.DispatchService`). :func:`decode_record` reads one from its JSON
 text (NaN and infinities are not JSON and are refused); :func:`check_decision` and
-:func:`check_outcome` return why a record cannot be learnt from, or None:
+:func:`~rl_lib.serving.decision_log.check_outcome` (the log's, shared with the monitor) return
+why a record cannot be learnt from, or None:
 
 - a decision needs its schema, ``decision_id``, ``service_day`` (``YYYY-MM-DD``), ``region``,
   ``now_min`` (>= 0), ``time_unix``, ``arm``, ``policy``, ``model_version`` (a string or null), a
@@ -81,7 +82,12 @@ import numpy as np
 from rl_lib.envs.core import RewardWeights
 from rl_lib.envs.day import Priority
 from rl_lib.envs.dispatch_env import N_BOOKING, observation_size
-from rl_lib.serving.decision_log import DECISION_SCHEMA, OUTCOME_SCHEMA, read_array
+from rl_lib.serving.decision_log import (
+    COMPLETED_FACTS,
+    DECISION_SCHEMA,
+    finite_number,
+    read_array,
+)
 
 TRANSITION_SCHEMA_VERSION = 1
 #: The columns of a transition row, in store order.
@@ -90,12 +96,9 @@ COLUMNS = (
     "n_vehicles", "observation", "mask", "action", "reward", "next_observation", "next_mask", "done",
     "elapsed_min", "outcome_status", "schema_version",
 )  # fmt: skip
-OUTCOME_STATUSES = ("completed", "cancelled", "no_show")
 #: Outcomes come when a trip ends, a few hours after its decision (an hour before the pickup).
 HORIZON_MIN = 360.0
 PRIORITIES = tuple(p.name.lower() for p in Priority)  # the service's names, in the env's order
-FACTS = ("pickup_min", "dropoff_min", "lateness_min", "deadhead_km")
-_COMPLETED_FACTS = ("pickup_min", "lateness_min", "deadhead_km")
 _DAY = re.compile(r"^\d{4}-\d{2}-\d{2}$")
 _TIE_MIN = 1e-6  # minutes: float noise in now_min + elapsed_min, far below any real gap
 
@@ -114,10 +117,6 @@ def decode_record(text: str | bytes) -> dict:
     if not isinstance(record, dict):
         raise ValueError(f"a record is a JSON object, got {type(record).__name__}")
     return record
-
-
-def _number(value: Any) -> bool:
-    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
 
 
 def _text(value: Any) -> bool:
@@ -161,9 +160,9 @@ def check_decision(record: Any) -> str | None:
         dt.date.fromisoformat(day)
     except ValueError:
         return f"service_day: a date YYYY-MM-DD, got {day!r}"
-    if not _number(record["now_min"]) or record["now_min"] < 0:
+    if not finite_number(record["now_min"]) or record["now_min"] < 0:
         return f"now_min: a finite number >= 0, got {record['now_min']!r}"
-    if not _number(record["time_unix"]):
+    if not finite_number(record["time_unix"]):
         return f"time_unix: a finite number, got {record['time_unix']!r}"
     if record["priority"] not in PRIORITIES:
         return f"priority {record['priority']!r}: one of {', '.join(PRIORITIES)} (the reward needs it)"
@@ -194,35 +193,9 @@ def check_decision(record: Any) -> str | None:
         planned = record.get("planned")
         if not isinstance(planned, dict):
             return "planned: an assignment needs its planned pickup, lateness and deadhead"
-        for key in _COMPLETED_FACTS:
-            if not _number(planned.get(key)) or planned[key] < 0:
+        for key in COMPLETED_FACTS:
+            if not finite_number(planned.get(key)) or planned[key] < 0:
                 return f"planned.{key}: a finite number >= 0, got {planned.get(key)!r}"
-    return None
-
-
-def check_outcome(record: Any) -> str | None:
-    """Why an outcome record cannot be joined (module docstring), or None."""
-    if not isinstance(record, dict):
-        return "a record is a JSON object"
-    if record.get("schema") != OUTCOME_SCHEMA:
-        return f"schema {record.get('schema')!r}, expected {OUTCOME_SCHEMA!r}"
-    missing = [k for k in ("decision_id", "time_unix", "status") if k not in record]
-    if missing:
-        return f"missing field(s) {', '.join(missing)}"
-    if not _text(record["decision_id"]):
-        return f"decision_id: a non-empty string, got {record['decision_id']!r}"
-    if not _number(record["time_unix"]):
-        return f"time_unix: a finite number, got {record['time_unix']!r}"
-    if record["status"] not in OUTCOME_STATUSES:
-        return f"status {record['status']!r}: one of {', '.join(OUTCOME_STATUSES)}"
-    for key in FACTS:
-        value = record.get(key)
-        if value is not None and (not _number(value) or value < 0):
-            return f"{key}: a finite number >= 0 or null, got {value!r}"
-    if record["status"] == "completed":
-        absent = [k for k in _COMPLETED_FACTS if record.get(k) is None]
-        if absent:
-            return f"a completed trip needs {', '.join(absent)}"
     return None
 
 

@@ -83,7 +83,7 @@ from rl_lib import stats
 from rl_lib.envs.core import RewardWeights
 from rl_lib.errors import UserError
 from rl_lib.io import atomic_write_csv
-from rl_lib.serving.decision_log import DECISION_SCHEMA, OUTCOME_SCHEMA
+from rl_lib.serving.decision_log import DECISION_SCHEMA, OUTCOME_SCHEMA, OUTCOME_STATUSES
 from rl_lib.serving.schemas import PRIORITIES
 from rl_lib.thesis.style import (
     LABELS,
@@ -98,7 +98,6 @@ from rl_lib.thesis.style import (
 )
 from rl_lib.thesis.tables import decimals, interval_cell, latex_escape, number, tabular, two_lines, write_tex
 
-OUTCOME_STATUSES = ("completed", "cancelled", "no_show")
 DECISION_COLUMNS = ("decision_id", "unit", "arm", "policy", "assigned", "priority")
 OUTCOME_COLUMNS = ("decision_id", "status", "lateness_min", "deadhead_km")
 ON_TIME_TOLERANCE_MIN = 1e-9

@@ -36,6 +36,7 @@ file; a claim whose claimer died is adopted in turn) and replays them first.
 from __future__ import annotations
 
 import asyncio
+import math
 import os
 import re
 import threading
@@ -51,6 +52,9 @@ from rl_lib.io import atomic_write_text
 
 DECISION_SCHEMA = "rl_lib.decision/1"
 OUTCOME_SCHEMA = "rl_lib.outcome/1"
+OUTCOME_STATUSES = ("completed", "cancelled", "no_show")
+FACTS = ("pickup_min", "dropoff_min", "lateness_min", "deadhead_km")  # an outcome's, each >= 0 or null
+COMPLETED_FACTS = ("pickup_min", "lateness_min", "deadhead_km")  # required of a completed trip
 
 # KEYS[1] stream, KEYS[2] seen-key; ARGV[1] approximate maxlen, ARGV[2] record, ARGV[3] seen TTL (s).
 # Returns {1, new entry id} or {0, the first entry's id}.
@@ -83,6 +87,38 @@ def read_array(data: dict) -> np.ndarray:
     if data["dtype"] not in ("float32", "float64", "bool", "int64"):
         raise ValueError(f"unsupported dtype {data['dtype']!r}")
     return np.asarray(data["data"], dtype=data["dtype"]).reshape(data["shape"])
+
+
+def finite_number(value: object) -> bool:
+    """An int or float (not a bool), finite: what a record's number fields hold."""
+    return isinstance(value, int | float) and not isinstance(value, bool) and math.isfinite(value)
+
+
+def check_outcome(record: object) -> str | None:
+    """Why an outcome record is not of the log's outcome schema, or None: one check for the monitor
+    and the feedback loop's join (the A/B report's reader names the field and the file line)."""
+    if not isinstance(record, dict):
+        return "a record is a JSON object"
+    if record.get("schema") != OUTCOME_SCHEMA:
+        return f"schema {record.get('schema')!r}, expected {OUTCOME_SCHEMA!r}"
+    missing = [k for k in ("decision_id", "time_unix", "status") if k not in record]
+    if missing:
+        return f"missing field(s) {', '.join(missing)}"
+    if not isinstance(record["decision_id"], str) or not record["decision_id"]:
+        return f"decision_id: a non-empty string, got {record['decision_id']!r}"
+    if not finite_number(record["time_unix"]):
+        return f"time_unix: a finite number, got {record['time_unix']!r}"
+    if record["status"] not in OUTCOME_STATUSES:
+        return f"status {record['status']!r}: one of {', '.join(OUTCOME_STATUSES)}"
+    for key in FACTS:
+        value = record.get(key)
+        if value is not None and (not finite_number(value) or value < 0):
+            return f"{key}: a finite number >= 0 or null, got {value!r}"
+    if record["status"] == "completed":
+        absent = [k for k in COMPLETED_FACTS if record.get(k) is None]
+        if absent:
+            return f"a completed trip needs {', '.join(absent)}"
+    return None
 
 
 @dataclass
@@ -164,7 +200,7 @@ class DecisionLog:
 
     def stream_lengths(self) -> dict[str, int | None]:
         """XLEN of both streams (None when Redis is unreachable)."""
-        client = self._redis()
+        client = self.redis_client()
         out: dict[str, int | None] = {}
         for stream in (self.decisions_stream, self.outcomes_stream):
             try:
@@ -174,7 +210,7 @@ class DecisionLog:
         return out
 
     def redis_up(self) -> bool:
-        client = self._redis()
+        client = self.redis_client()
         try:
             return client is not None and bool(client.ping())
         except Exception:
@@ -259,7 +295,7 @@ class DecisionLog:
         those that did land are dropped at replay by their seen keys)."""
         from redis.exceptions import NoScriptError
 
-        client = self._redis()
+        client = self.redis_client()
         if client is None:
             return None
         try:
@@ -298,7 +334,9 @@ class DecisionLog:
             return None
         return orjson.loads(entries[0][1]["record"]) if entries else None  # None: trimmed by MAXLEN
 
-    def _redis(self):
+    def redis_client(self):
+        """The connected Redis client (its append script loaded), or None while Redis is unreachable:
+        a new connection is tried at each call until one succeeds."""
         if self._client is None and self.connect is not None:
             try:
                 client = self.connect()
@@ -316,7 +354,7 @@ class DecisionLog:
     def replay(self) -> int:
         """Move the spool into the streams; returns the records replayed (0 if Redis is still away)."""
         with self._lock:
-            if not self.spool.is_file() or self._redis() is None:
+            if not self.spool.is_file() or self.redis_client() is None:
                 return 0
             lines = self.spool.read_text(encoding="utf-8").splitlines()
             done = 0
@@ -360,7 +398,7 @@ class LogTail:
         """(decisions, outcomes), oldest first (None: an entry that is no record); nothing when Redis
         is unreachable."""
         with self._lock:
-            client = self.log._redis()
+            client = self.log.redis_client()
             if client is None:
                 return [], []
             try:

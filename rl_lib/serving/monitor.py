@@ -27,7 +27,6 @@ seconds (each dashboard refresh would otherwise pay the read and the bootstrap a
 
 from __future__ import annotations
 
-import math
 import os
 import threading
 import time
@@ -38,7 +37,7 @@ from dataclasses import dataclass
 import numpy as np
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 
-from rl_lib.serving.decision_log import DECISION_SCHEMA, OUTCOME_SCHEMA
+from rl_lib.serving.decision_log import DECISION_SCHEMA, check_outcome, finite_number
 
 #: New decision and outcome records of the log since the last call (oldest first).
 RecordSource = Callable[[], tuple[list[dict | None], list[dict | None]]]
@@ -228,26 +227,14 @@ def _is_decision(record: dict | None) -> bool:
     try:
         return (record["schema"] == DECISION_SCHEMA and isinstance(record["arm"], str)
                 and isinstance(record["policy"], str) and isinstance(record["decision_id"], str)
-                and _number(record["time_unix"]) and _number(record["decision_ms"])
+                and finite_number(record["time_unix"]) and finite_number(record["decision_ms"])
                 and (record["vehicle_id"] is None or isinstance(record["vehicle_id"], str)))  # fmt: skip
     except KeyError:
         return False
 
 
 def _is_outcome(record: dict | None) -> bool:
-    if not isinstance(record, dict):
-        return False
-    try:
-        trip = record["status"] != "completed" or (
-            _number(record["lateness_min"]) and _number(record["deadhead_km"])
-        )
-        return record["schema"] == OUTCOME_SCHEMA and isinstance(record["decision_id"], str) and trip
-    except KeyError:
-        return False
-
-
-def _number(value) -> bool:
-    return isinstance(value, int | float) and not isinstance(value, bool) and math.isfinite(value)
+    return check_outcome(record) is None
 
 
 def _reason_label(reason: str) -> str:
