@@ -73,3 +73,14 @@ def test_the_study_goes_into_a_latex_table_and_a_figure(tmp_path):
     assert "evaluation/ablation.csv" in tex  # the source is named in the file
     pdf = ablation_differences(table, tmp_path, "en", sources=["evaluation/ablation.csv"])
     assert pdf.stat().st_size > 1000
+
+
+def test_the_figure_names_the_study_reference_row(tmp_path, monkeypatch):
+    from rl_lib.thesis import figures
+
+    drawn = []
+    monkeypatch.setattr(figures, "save_figure", lambda fig, path, note: drawn.append(fig) or path)
+    figures.ablation_differences(ablation_table(per_episode(), n_resamples=50), tmp_path, "en",
+                                 reference="dqn", sources=["evaluation/ablation.csv"])  # fmt: skip
+    rows = [tick.get_text() for tick in drawn[0].axes[0].get_yticklabels()]
+    assert rows == ["Study reference", "Plan's MLP (512-256-128)"]

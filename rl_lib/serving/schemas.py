@@ -14,6 +14,8 @@ from typing import Annotated, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
+from rl_lib.serving.decision_log import COMPLETED_FACTS, OUTCOME_STATUSES
+
 #: Latest time a request may mention (two days after midnight, as the simulation core allows).
 MAX_TIME_MIN = 2880.0
 MAX_COORD_KM = 10_000.0
@@ -142,7 +144,7 @@ class OutcomeRequest(Strict):
     """What happened to a decided booking."""
 
     decision_id: Identifier
-    status: Literal["completed", "cancelled", "no_show"]
+    status: Literal[OUTCOME_STATUSES]  # the log's statuses: one list for the API and its readers
     pickup_min: Minute | None = None
     dropoff_min: Minute | None = None
     lateness_min: Annotated[float, Field(ge=0.0, le=MAX_TIME_MIN, allow_inf_nan=False)] | None = None
@@ -151,7 +153,7 @@ class OutcomeRequest(Strict):
     @model_validator(mode="after")
     def _completed_has_facts(self) -> OutcomeRequest:
         if self.status == "completed":
-            missing = [k for k in ("pickup_min", "lateness_min", "deadhead_km") if getattr(self, k) is None]
+            missing = [k for k in COMPLETED_FACTS if getattr(self, k) is None]
             if missing:
                 raise ValueError(f"a completed trip needs {', '.join(missing)}")
         return self

@@ -224,13 +224,13 @@ def ablation_differences(table: pd.DataFrame, out: str | Path, lang: str = "fr",
     with thesis_style():
         fig = new_figure(figure_size(aspect=0.5))
         axes = fig.subplots(1, 2, sharey=True)
-        for ax, reference in zip(axes, ("batch_matching", "nearest"), strict=True):
-            column = f"diff_{reference}"
+        for ax, heuristic in zip(axes, ("batch_matching", "nearest"), strict=True):
+            column = f"diff_{heuristic}"
             for row, policy in enumerate(policies):
                 value, low, high = rows.loc[policy, [column, f"{column}_ci_low", f"{column}_ci_high"]]
                 ax.errorbar(value, row, xerr=[[value - low], [high - value]], fmt="o",
                             color=policy_color(policy), capsize=2, elinewidth=1)  # fmt: skip
-            ax.axvline(0.0, color=policy_color(reference), linestyle="--", linewidth=1)
+            ax.axvline(0.0, color=policy_color(heuristic), linestyle="--", linewidth=1)
             ax.set_xlabel(label(column, lang))
             ax.grid(axis="y", visible=False)
         axes[0].set_yticks(range(len(policies)), [study_label(p, reference, lang) for p in policies])
